@@ -1,10 +1,11 @@
 """Run a fine-tuning experiment from a config file.
 
     python -m experiments.run                                   # the embedded default
-    python -m experiments.run --config experiments/configs/smollm2/sst2_lozo.py --config.steps=200
+    python -m experiments.run --config experiments/configs/smollm2.py:lozo,sst2 --config.steps=200
     python -m experiments.run --config ... --config.resume=True  # continue a killed run
 
-The same command runs on a laptop CPU and on every host of a TPU VM slice.
+The same command runs on a laptop CPU and on every host of a TPU VM slice; there, add
+``--config.distributed=auto`` (and a ``--config.mesh``) on every host (see the README).
 """
 
 import sys

@@ -55,8 +55,15 @@ def cli(cfg) -> list[str]:
 
 
 def final_state(out: Path, step: int):
-    restored = ocp.StandardCheckpointer().restore((out / "checkpoints" / str(step) / "state").absolute())
-    return restored
+    """The checkpointed state on this process's first device, whatever mesh wrote it."""
+    import jax
+
+    path = (out / "checkpoints" / str(step) / "state").absolute()
+    checkpointer = ocp.StandardCheckpointer()
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    metadata = checkpointer.metadata(path).item_metadata
+    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), metadata)
+    return checkpointer.restore(path, target)
 
 
 def test_cli_run_writes_summary_metrics_and_plot(tiny_model, tmp_path):
@@ -204,3 +211,49 @@ def test_prefix_mode_runs_and_refuses_export(tiny_model, tmp_path):
     assert set(summary["params"]["layers"]) == {"prefix"}
     with pytest.raises(ValueError, match="prefix cannot be folded"):
         train.validate(small_config(tiny_model, tmp_path / "x", mode="prefix", export_hf=True))
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_same_run_on_one_device_a_mesh_of_eight_and_two_processes(tiny_model, tmp_path):
+    """The CLI on 1 device, on a 2x4 (data x fsdp) mesh of 8 devices, and as two processes of
+    4 devices each joined by jax.distributed: the same parameters and accuracies."""
+    cfg = dict(steps=6, eval_every=3, checkpoint_every=3, eval_batch_size=6)
+    runs = {name: tmp_path / name for name in ("one", "mesh", "hosts")}
+    devices = lambda n: {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={n}"}
+    port = _free_port()
+    procs = [
+        subprocess.Popen(cli(small_config(tiny_model, runs["one"], mesh="1,1,1", **cfg)), cwd=ROOT, env=devices(1),
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True),
+        subprocess.Popen(cli(small_config(tiny_model, runs["mesh"], mesh="2,4,1", **cfg)), cwd=ROOT, env=devices(8),
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True),
+    ] + [
+        subprocess.Popen(
+            cli(small_config(tiny_model, runs["hosts"], mesh="2,4,1", distributed=f"127.0.0.1:{port},2,{i}", **cfg)),
+            cwd=ROOT, env=devices(4), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        for i in range(2)
+    ]
+    outputs = [p.communicate(timeout=900) for p in procs]
+    for p, (stdout, stderr) in zip(procs, outputs):
+        assert p.returncode == 0, stderr[-3000:]
+    assert "test (best-dev params)" in outputs[2][0] and "zero-shot" not in outputs[3][0], "only process 0 reports"
+
+    reference = ocp.tree.to_flat_dict(final_state(runs["one"], 6))
+    summaries = {name: json.loads((out / "summary.json").read_text()) for name, out in runs.items()}
+    for name in ("mesh", "hosts"):
+        got = ocp.tree.to_flat_dict(final_state(runs[name], 6))
+        assert got.keys() == reference.keys()
+        for k in reference:
+            if k[0] == "params":
+                np.testing.assert_allclose(np.asarray(got[k]), np.asarray(reference[k]), atol=2e-5, err_msg=f"{name} {k}")
+        for field in ("best_dev", "best_step", "test"):
+            assert summaries[name][field] == summaries["one"][field], (name, field)
+    moved = ocp.tree.to_flat_dict(final_state(runs["one"], 3))
+    assert any(not np.array_equal(np.asarray(moved[k]), np.asarray(reference[k])) for k in reference if k[0] == "params")

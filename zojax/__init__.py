@@ -6,7 +6,7 @@
     params = optax.apply_updates(params, updates)
 """
 
-from zojax import perturb
+from zojax import perturb, sharding
 from zojax.estimate import fill_masked, two_point
 from zojax.optim import (
     AdaMeZOState,

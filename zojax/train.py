@@ -9,6 +9,12 @@ One jit-compiled, donated step per batch shape. The data order is a pure functio
 ``(seed, step)``, the optimizer state carries its keys, and checkpoints hold params,
 optimizer state, the best dev score and the config: a run killed at any point and resumed
 with ``resume=True`` ends with exactly the parameters of an uninterrupted run.
+
+Everything runs on the device mesh ``cfg.mesh`` (``zojax.sharding``): parameters are read
+straight onto their shards, batches are split over the data axes, and with
+``cfg.distributed`` every host of a pod slice runs this same function on the same config
+(each computes the same data order and feeds the rows its devices hold); only process 0
+writes logs.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ import numpy as np
 import optax
 
 import zojax
-from zojax import tasks
+from zojax import sharding, tasks
 from zojax.tasks import scoring
 
 ZO_OPTIMIZERS = ("mezo", "lozo", "lozo-m", "adamezo", "adamezo-lowrank")
@@ -37,7 +43,7 @@ MODES = ("full", "lora", "prefix")
 OBJECTIVES = ("classification", "lm", "f1")
 DEFAULT_MODEL = "smollm2-135m"
 # Fields that may differ between a run and its resumption.
-RESUMABLE_CHANGES = ("resume", "progress")
+RESUMABLE_CHANGES = ("resume", "progress", "distributed")
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -82,6 +88,8 @@ def default_config() -> ml_collections.ConfigDict:
             seed=0,
             resume=False,
             progress=True,
+            mesh="1,-1,1",  # devices along (data, fsdp, tensor); -1 takes the rest
+            distributed="",  # "auto" (TPU VM pods, SLURM) or "HOST:PORT,NUM_PROCESSES,PROCESS_ID"
         )
     )
 
@@ -117,6 +125,23 @@ def validate(cfg) -> None:
     for field in ("batch_size", "eval_batch_size", "max_length", "max_consecutive_skips", "max_new_tokens"):
         if cfg[field] < 1:
             raise ValueError(f"{field} must be >= 1, got {cfg[field]}")
+    sizes = cfg.mesh.split(",")
+    if len(sizes) != 3 or not all(s.strip().lstrip("-").isdigit() for s in sizes):
+        raise ValueError(f"mesh must be three comma-separated sizes for {sharding.AXES}, e.g. '1,-1,1'; got {cfg.mesh!r}")
+    distributed_arguments(cfg.distributed)
+
+
+def distributed_arguments(spec: str) -> dict | None:
+    """``jax.distributed.initialize`` arguments of the ``distributed`` field: None when
+    empty, {} for ``"auto"``, else from ``"HOST:PORT,NUM_PROCESSES,PROCESS_ID"``."""
+    if not spec:
+        return None
+    if spec == "auto":
+        return {}
+    parts = spec.split(",")
+    if len(parts) != 3 or ":" not in parts[0] or not (parts[1].isdigit() and parts[2].isdigit()):
+        raise ValueError(f"distributed must be '', 'auto' or 'HOST:PORT,NUM_PROCESSES,PROCESS_ID'; got {spec!r}")
+    return {"coordinator_address": parts[0], "num_processes": int(parts[1]), "process_id": int(parts[2])}
 
 
 def make_optimizer(cfg, params, stacked) -> optax.GradientTransformation:
@@ -241,9 +266,10 @@ def make_loss(cfg, model, trainable: Trainable, train: Split):
     return loss
 
 
-def make_step(cfg, loss, tx):
+def make_step(cfg, loss, tx, param_shardings=None):
     """jit(step)(base, params, opt_state, batch, index) -> (params, opt_state, record);
-    params and state are donated, the frozen ``base`` is not."""
+    params and state are donated, the frozen ``base`` is not. New params keep
+    ``param_shardings`` (a tree like params) when given."""
     zeroth_order = cfg.optimizer in ZO_OPTIMIZERS
 
     def step(base, params, opt_state, batch, index):
@@ -264,14 +290,17 @@ def make_step(cfg, loss, tx):
         new_params = optax.apply_updates(params, updates)
         # A skipped step leaves the parameters untouched, whatever else the chain adds.
         new_params = jax.tree.map(lambda n, o: jnp.where(ok, n, o), new_params, params)
+        if param_shardings is not None:
+            new_params = jax.lax.with_sharding_constraint(new_params, param_shardings)
         return new_params, new_state, {"loss": value, "skipped": ~ok}
 
     return jax.jit(step, donate_argnums=(1, 2))
 
 
-def evaluate(cfg, model, trainable: Trainable, params, split: Split, predict_fn) -> float:
+def evaluate(cfg, model, trainable: Trainable, params, split: Split, predict_fn, mesh=None) -> float:
     """Accuracy of the highest mean log-likelihood candidate, or for generation tasks the
-    mean token F1 of greedy answers, over ``split``."""
+    mean token F1 of greedy answers, over ``split`` (batches split over ``mesh`` if given)."""
+    put = (lambda b: b) if mesh is None else (lambda b: sharding.shard_rows(b, mesh))
     if not split.encoded:
         return float("nan")
     total = 0.0
@@ -280,12 +309,13 @@ def evaluate(cfg, model, trainable: Trainable, params, split: Split, predict_fn)
         if model.tokenizer is not None and tasks.get_task(cfg.task).kind == "generation":
             batch = tasks.collate(chunk, rows="context", max_length=cfg.max_length)
             full = trainable.view(trainable.base, params)
-            tokens = model.generate(full, batch.input_ids, batch.attention_mask, cfg.max_new_tokens, model.tokenizer.eos_token_id)
+            ids, mask = put((batch.input_ids, batch.attention_mask))
+            tokens = sharding.to_host(model.generate(full, ids, mask, cfg.max_new_tokens, model.tokenizer.eos_token_id))
             examples = split.examples[start : start + cfg.eval_batch_size]
             total += sum(tasks.metrics.f1(p, ex.answers) for p, ex in zip(tasks.decode_answers(model.tokenizer, tokens), examples))
         else:
             batch = tasks.collate(chunk, max_length=cfg.max_length)
-            total += int(np.sum(np.asarray(predict_fn(trainable.base, params, batch)) == batch.gold))
+            total += int(np.sum(sharding.to_host(predict_fn(trainable.base, params, put(batch))) == batch.gold))
     return total / len(split.encoded)
 
 
@@ -324,37 +354,52 @@ def config_differences(saved: dict, cfg) -> list[str]:
 # --------------------------------------------------------------------------- the run
 
 
-def load_model(cfg):
+def load_model(cfg, mesh=None):
+    """``cfg.model`` in ``cfg.dtype``, each tensor read onto its shards of ``mesh`` if given."""
     from zojax import models
 
+    placement = None if mesh is None else sharding.loader_sharding(mesh)
     if cfg.model == DEFAULT_MODEL:
-        return models.load_default(cfg.dtype)
-    return models.load(cfg.model, cfg.dtype)
+        return models.load_default(cfg.dtype, placement)
+    return models.load(cfg.model, cfg.dtype, placement)
+
+
+def start_processes(cfg) -> None:
+    """Join the other hosts of a multi-host run (``cfg.distributed``); check what they need."""
+    arguments = distributed_arguments(cfg.distributed)
+    if arguments is None:
+        return
+    sharding.initialize(**arguments)
+    if jax.process_count() > 1 and cfg.objective == "f1":
+        raise ValueError("objective 'f1' scores answers on one host; it cannot run on several processes")
 
 
 def run(cfg) -> dict:
     """Train and evaluate as ``cfg`` says; returns the summary (also written to
     ``output_dir/summary.json``)."""
     validate(cfg)
+    start_processes(cfg)
+    mesh = sharding.make_mesh(cfg.mesh)
     out = Path(cfg.output_dir)
     ckpt = Checkpoints(out / "checkpoints")
     if ckpt.latest() is not None and not cfg.resume:
         raise FileExistsError(f"{out} holds checkpoints of an earlier run: pass resume=True or another output_dir")
     out.mkdir(parents=True, exist_ok=True)
 
-    model = load_model(cfg)
+    model = load_model(cfg, mesh)
     if model.tokenizer is None:
         raise ValueError(f"model {cfg.model!r} has no tokenizer; tasks need one")
     data = load_data(cfg, model.tokenizer)
     trainable = make_trainable(cfg, model)
-    params, base = trainable.params, trainable.base
+    param_shardings = sharding.param_shardings(trainable.params, mesh)
+    params, base = sharding.place(trainable.params, param_shardings), trainable.base
     tx = make_optimizer(cfg, params, trainable.stacked)
-    opt_state = tx.init(params)
-    step_fn = make_step(cfg, make_loss(cfg, model, trainable, data.train), tx)
+    opt_state = jax.jit(tx.init)(params)
+    step_fn = make_step(cfg, make_loss(cfg, model, trainable, data.train), tx, param_shardings)
     predict_fn = jax.jit(lambda base, p, b: scoring.predict(trainable.apply(base, p, b.input_ids, b.attention_mask), b))
-    evaluate_on = lambda params, split: evaluate(cfg, model, trainable, params, split, predict_fn)
+    evaluate_on = lambda params, split: evaluate(cfg, model, trainable, params, split, predict_fn, mesh)
 
-    log = Log(out, cfg)
+    log = Log(out, cfg, enabled=jax.process_index() == 0)
     start, best = 0, {"dev": -1.0, "step": 0}
     if cfg.resume and ckpt.latest() is not None:
         state, meta = ckpt.restore(ckpt.latest(), {"params": params, "opt_state": opt_state})
@@ -374,15 +419,13 @@ def run(cfg) -> dict:
         log.text(f"zero-shot ({cfg.num_demos} demonstrations): dev {zero_shot['dev']:.3f}  test {zero_shot['test']:.3f}")
         best = {"dev": zero_shot["dev"], "step": 0, "zero_shot": zero_shot}
 
-    best_params = None
-    if best["step"] > 0 and (out / "best").exists():
-        best_params = Checkpoints(out / "best", keep=1).restore(best["step"], {"params": params})[0]["params"]
     consecutive_skips = 0
-    bar = progress_bar(cfg, start)
+    bar = progress_bar(cfg, start, enabled=log.enabled)
     for step in range(start, cfg.steps):
         t0 = time.perf_counter()
-        params, opt_state, record = step_fn(base, params, opt_state, *train_batch(cfg, data.train.encoded, step))
-        record = {k: v.item() for k, v in jax.device_get(record).items()}
+        batch = sharding.shard_rows(train_batch(cfg, data.train.encoded, step), mesh)
+        params, opt_state, record = step_fn(base, params, opt_state, *batch)
+        record = {k: v.item() for k, v in sharding.to_host(record).items()}
         elapsed = time.perf_counter() - t0
         consecutive_skips = consecutive_skips + 1 if record["skipped"] else 0
         log.event({"step": step + 1, **record, "step_time": elapsed})
@@ -399,20 +442,24 @@ def run(cfg) -> dict:
             log.event({"step": done, "event": "eval", "dev": dev})
             if dev > best["dev"]:
                 best = {**best, "dev": dev, "step": done}
-                best_params = jax.device_get(params)
                 Checkpoints(out / "best", keep=1).save(done, {"params": params}, {"dev": dev})
         if cfg.checkpoint_every and (done % cfg.checkpoint_every == 0 or done == cfg.steps):
             meta = {"step": done, "best": best, "config": cfg.to_dict()}
             ckpt.save(done, {"params": params, "opt_state": opt_state}, meta)
     bar.close()
 
-    final_params = params
-    chosen = best_params if best_params is not None else params
+    # The best-dev parameters come back from their checkpoint rather than from a copy kept in
+    # memory; when no evaluation beat the zero-shot dev score, the final parameters are tested.
+    final_params, chosen = params, params
+    if best["step"] > 0 and best["step"] != cfg.steps:
+        chosen = Checkpoints(out / "best", keep=1).restore(best["step"], {"params": params})[0]["params"]
     test = evaluate_on(chosen, data.test)
     if cfg.export_hf:
         from zojax import models
 
-        models.save_hf(model, trainable.export(base, chosen), out / "hf")
+        exported = sharding.to_host(trainable.export(base, chosen))
+        if log.enabled:
+            models.save_hf(model, exported, out / "hf")
     summary = {
         "task": cfg.task, "model": cfg.model, "optimizer": cfg.optimizer, "steps": cfg.steps, "seed": cfg.seed,
         "zero_shot": best.get("zero_shot"), "best_dev": best["dev"], "best_step": best["step"], "test": test,
@@ -425,26 +472,31 @@ def run(cfg) -> dict:
 # --------------------------------------------------------------------------- logging
 
 
-def progress_bar(cfg, start: int):
+def progress_bar(cfg, start: int, enabled: bool = True):
     from tqdm.auto import tqdm
 
-    return tqdm(total=cfg.steps, initial=start, disable=not cfg.progress, desc=f"{cfg.optimizer} {cfg.task}", unit="step")
+    return tqdm(total=cfg.steps, initial=start, disable=not (cfg.progress and enabled), desc=f"{cfg.optimizer} {cfg.task}", unit="step")
 
 
 class Log:
-    """metrics.jsonl, TensorBoard scalars, a loss-curve PNG and a summary table."""
+    """metrics.jsonl, TensorBoard scalars, a loss-curve PNG and a summary table; all of it
+    only when ``enabled`` (process 0 of a multi-host run)."""
 
-    def __init__(self, out: Path, cfg):
-        from tensorboardX import SummaryWriter
+    def __init__(self, out: Path, cfg, enabled: bool = True):
+        self.out, self.cfg, self.enabled = out, cfg, enabled
+        if enabled:
+            from tensorboardX import SummaryWriter
 
-        self.out, self.cfg = out, cfg
-        self.jsonl = (out / "metrics.jsonl").open("a")
-        self.tb = SummaryWriter(str(out / "tensorboard"))
+            self.jsonl = (out / "metrics.jsonl").open("a")
+            self.tb = SummaryWriter(str(out / "tensorboard"))
 
     def text(self, message: str) -> None:
-        print(message, flush=True)
+        if self.enabled:
+            print(message, flush=True)
 
     def event(self, record: dict) -> None:
+        if not self.enabled:
+            return
         self.jsonl.write(json.dumps(record) + "\n")
         self.jsonl.flush()
         for k, v in record.items():
@@ -452,6 +504,8 @@ class Log:
                 self.tb.add_scalar(k if "event" not in record else f"{record['event']}/{k}", v, record["step"])
 
     def finish(self, summary: dict) -> None:
+        if not self.enabled:
+            return
         self.tb.close()
         self.jsonl.close()
         (self.out / "summary.json").write_text(json.dumps(summary, indent=2))
