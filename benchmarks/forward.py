@@ -11,9 +11,7 @@ machine compare with `--torch-threads 1` as well.
 """
 
 import argparse
-import statistics
 import tempfile
-import time
 
 import jax
 import numpy as np
@@ -21,17 +19,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 import zojax.models
-
-
-def median_time(fn, runs: int, warmup: int = 2) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+from common import median_time, random_batch
 
 
 def main():
@@ -45,10 +33,7 @@ def main():
         torch.set_num_threads(args.torch_threads)
 
     model = zojax.models.load_default()
-    ids = np.random.default_rng(0).integers(
-        0, model.config.vocab_size, (args.batch, args.seq), dtype=np.int32
-    )
-    mask = np.ones_like(ids)
+    ids, mask = random_batch(model.config.vocab_size, args.batch, args.seq)
 
     apply = jax.jit(model.apply)
     jax_s = median_time(lambda: apply(model.params, ids, mask).block_until_ready(), args.runs)

@@ -115,3 +115,127 @@ def test_key_arguments():
         P.as_key(jnp.zeros(3))
     with pytest.raises(ValueError, match="stacked must be a pytree prefix"):
         P.stack_flags({"nope": True}, {"w": jnp.zeros(2)})
+
+
+# ---------------------------------------------------------------------------------------
+# The counter-based samplers
+
+
+def test_gaussian_is_standard_normal():
+    """One million draws pass a Kolmogorov–Smirnov test against N(0, 1) and put the right mass
+    in the tails; the byte-sum hash sampler, only approximately Gaussian, fails the same test."""
+    from scipy import stats
+
+    key = P.as_key(0)
+    z = np.asarray(P.Gaussian()(key, 0, (1000, 1000)), np.float64).ravel()
+    assert stats.kstest(z, "norm").pvalue > 1e-3
+    assert abs(z.mean()) < 5e-3 and abs(z.var() - 1) < 5e-3
+    for t in (2.0, 3.0, 4.0):
+        tail, want = np.mean(np.abs(z) > t), 2 * stats.norm.sf(t)
+        assert abs(tail - want) < 5 * np.sqrt(want / z.size), (t, tail, want)
+    assert np.abs(z).max() > 4.5
+    hashed = np.asarray(P.HashGaussian()(key, 0, (1000, 1000)), np.float64).ravel()
+    assert stats.kstest(hashed, "norm").pvalue < 1e-6
+
+
+@pytest.mark.parametrize("sampler", [P.Gaussian(), P.HashGaussian(), P.Rademacher()], ids=["gaussian", "hash", "rademacher"])
+def test_counter_samplers_are_independent_across_leaves_layers_and_steps(sampler):
+    """z of two leaves, two layer slices of a stacked leaf, and two steps: uncorrelated, also in
+    their squares where those vary (a dependence that correlation of z alone would miss)."""
+    params = {"layers": {"w": jnp.zeros((2, 500, 400))}, "head": {"w": jnp.zeros((500, 400))}}
+    key = P.as_key(7)
+    z = P.sample(sampler, key, 3, params, {"layers": True, "head": False})
+    later = P.sample(sampler, key, 4, params, {"layers": True, "head": False})
+    pairs = {
+        "leaves": (z["layers"]["w"][0], z["head"]["w"]),
+        "layers": (z["layers"]["w"][0], z["layers"]["w"][1]),
+        "steps": (z["head"]["w"], later["head"]["w"]),
+    }
+    for name, (a, b) in pairs.items():
+        a, b = np.asarray(a, np.float64).ravel(), np.asarray(b, np.float64).ravel()
+        assert not np.array_equal(a, b), name
+        for f in (lambda x: x, lambda x: x * x):
+            if np.var(f(a)) > 0:
+                assert abs(np.corrcoef(f(a), f(b))[0, 1]) < 5 / np.sqrt(a.size), name
+
+
+@pytest.mark.parametrize(
+    "sampler", [P.Gaussian(), P.HashGaussian(), P.Rademacher(), P.LowRank(2, 3), P.Threefry()],
+    ids=["gaussian", "hash", "rademacher", "lowrank", "threefry"],
+)
+def test_rows_replay_the_whole_draw(sampler):
+    """Rows drawn alone (any index array, repeats allowed) equal those rows of the whole draw,
+    bit for bit (both jitted, as the perturbation and the update of a step are); so does the
+    hook's row form."""
+    key, shape = P.as_key(2), (50, 3, 4)
+    rows = jnp.array([[7, 0], [49, 7]])
+    whole = jax.jit(lambda: sampler(key, 5, shape))()
+    np.testing.assert_array_equal(jax.jit(lambda r: P.sample_rows(sampler, key, 5, shape, r))(rows), whole[rows])
+    table = {"embedding": jnp.linspace(-1, 1, 600).reshape(shape)}
+    hook = P.make_param_hook(sampler, key, 5, 1e-2)
+    got = jax.jit(lambda p, r: hook.rows(("table",), p, r))(table, rows)
+    want = jax.jit(lambda p: hook(("table",), p))(table)
+    np.testing.assert_array_equal(got["embedding"], want["embedding"][rows])
+
+
+def test_gaussian_replays_in_every_jitted_context():
+    """The same key gives the same z drawn alone, inside a perturbation, inside an update and
+    slice by slice under vmap, bit for bit."""
+    key, shape = P.as_key(3), (64, 32)
+    z = np.asarray(jax.jit(lambda: P.Gaussian()(key, 9, shape))())
+    theta = jnp.zeros(shape)
+    np.testing.assert_array_equal(jax.jit(lambda p: P._shift(p, key, 9, P.Gaussian(), 1.0))(theta), z)
+    np.testing.assert_array_equal(jax.jit(lambda p, c: p - c * P.Gaussian()(key, 9, shape))(theta, -1.0), z)
+    stacked = jax.jit(lambda: P.sample(P.Gaussian(), key, 9, {"w": jnp.zeros((2, *shape))}, {"w": True}))()["w"]
+    alone = jax.jit(lambda: P.Gaussian()(jax.random.fold_in(P.leaf_key(key, "w"), 1), 9, shape))()
+    np.testing.assert_array_equal(stacked[1], alone)
+    assert not np.array_equal(jax.jit(lambda: P.Gaussian()(key, 10, shape))(), z)
+
+
+def test_sampler_names():
+    assert isinstance(P.get_sampler("gaussian"), P.Gaussian)
+    assert isinstance(P.get_sampler("threefry"), P.Threefry)
+    key = P.as_key(1)
+    np.testing.assert_array_equal(P.Threefry()(key, 2, (3, 4)), jax.random.normal(jax.random.fold_in(key, 2), (3, 4)))
+
+
+# ---------------------------------------------------------------------------------------
+# Embedding tables read through the hook's row form
+
+
+def random_model(kind):
+    """A tiny random model with a tied embedding whose vocabulary (8192 + 100) spans more
+    than one chunk of the tied unembedding plus a remainder."""
+    from zojax.models import LlamaConfig, Model, OPTConfig
+
+    vocab = 8192 + 100
+    if kind == "llama":
+        config = LlamaConfig(vocab_size=vocab, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                             num_attention_heads=2, num_key_value_heads=1, head_dim=8, tie_word_embeddings=True)
+    else:
+        config = OPTConfig(vocab_size=vocab, hidden_size=16, num_hidden_layers=2, ffn_dim=32, num_attention_heads=2,
+                           max_position_embeddings=32, word_embed_proj_dim=16)
+    rng = np.random.default_rng(0)
+    params = {}
+    for t in config.hf_tensors():
+        node = params
+        for k in t.path[:-1]:
+            node = node.setdefault(k, {})
+        node[t.path[-1]] = jnp.asarray(rng.normal(size=t.shape(config.num_hidden_layers)) * 0.3, jnp.float32)
+    return Model(config, params)
+
+
+@pytest.mark.parametrize("kind", ["llama", "opt"])
+@pytest.mark.parametrize("sampler", [P.Gaussian(), P.LowRank(2, 3), P.Threefry()], ids=["gaussian", "lowrank", "threefry"])
+def test_model_reads_tables_through_the_hook_rows(kind, sampler):
+    """The model perturbed by the optimizer's hook (tables read row by row, the tied logits in
+    chunks) gives the logits of the model with every parameter perturbed up front."""
+    m = random_model(kind)
+    ids = jnp.asarray(np.random.default_rng(1).integers(0, m.config.vocab_size, (2, 9)), jnp.int32)
+    key = P.as_key(4)
+    hook = P.make_param_hook(sampler, key, 3, 0.05)
+    hooked = jax.jit(lambda p: m.apply(p, ids, param_hook=hook))(m.params)
+    moved = jax.jit(lambda p: m.apply(P.perturb(p, sampler, key, 3, 0.05, m.stacked), ids))(m.params)
+    plain = m.apply(m.params, ids)
+    np.testing.assert_allclose(hooked, moved, atol=2e-5, rtol=1e-5)
+    assert np.abs(np.asarray(hooked) - np.asarray(plain)).max() > 1e-2

@@ -26,7 +26,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -61,13 +61,40 @@ def dense(x, p):
     return y + p["bias"] if "bias" in p else y
 
 
-def unembed(h, p, tied: bool):
-    """Float32 logits from the tied `embed_tokens/embedding` [V, H] or `lm_head/kernel` [H, V]."""
-    if tied:
-        return jnp.einsum(
-            "btd,vd->btv", h, p["embed_tokens"]["embedding"], preferred_element_type=jnp.float32
-        )
-    return jnp.einsum("btd,dv->btv", h, p["lm_head"]["kernel"], preferred_element_type=jnp.float32)
+class HookedTable(NamedTuple):
+    """An embedding table entry `{'embedding': [N, H]}` read through a parameter hook's row form
+    (see `forward`): `rows(ids)` -> the entry with only rows `ids` (any int array), perturbed."""
+
+    params: dict
+    rows: Callable[[Any], dict]
+
+
+def lookup(p, name: str, ids):
+    """Rows `ids` of the table `p[name]['embedding']`: shape `ids.shape + [H]`."""
+    entry = p[name]
+    return entry.rows(ids)["embedding"] if isinstance(entry, HookedTable) else entry["embedding"][ids]
+
+
+def unembed(h, p, tied: bool, chunk: int = 8192):
+    """Float32 logits from the tied `embed_tokens/embedding` [V, H] or `lm_head/kernel` [H, V].
+    A tied table read through a hook is used `chunk` rows at a time, so its perturbed rows
+    exist for one chunk only."""
+    if not tied:
+        return jnp.einsum("btd,dv->btv", h, p["lm_head"]["kernel"], preferred_element_type=jnp.float32)
+    table = p["embed_tokens"]
+    if not isinstance(table, HookedTable):
+        return jnp.einsum("btd,vd->btv", h, table["embedding"], preferred_element_type=jnp.float32)
+    vocab = table.params["embedding"].shape[0]
+
+    def part(start, size):
+        rows = table.rows(start + jnp.arange(size))["embedding"]
+        return jnp.einsum("btd,vd->btv", h, rows, preferred_element_type=jnp.float32)
+
+    n, rest = divmod(vocab, chunk)
+    logits = jnp.zeros((*h.shape[:2], vocab), jnp.float32)
+    fill = lambda i, out: jax.lax.dynamic_update_slice_in_dim(out, part(i * chunk, chunk), i * chunk, axis=2)
+    logits = jax.lax.fori_loop(0, n, fill, logits)
+    return logits.at[..., n * chunk :].set(part(n * chunk, rest)) if rest else logits
 
 
 def attention(q, k, v, mask):
@@ -141,14 +168,25 @@ def forward(config, params, input_ids, attention_mask=None, *, param_hook: Param
     differ on left-padded rows only. `param_hook(path, subtree, layer)` is called once per top-level entry `k`
     other than 'layers' as `param_hook((k,), params[k], None)`, and once per layer inside the
     scan as `param_hook(('layers',), params['layers'] at l, l)` with `l` an int32 scalar; what it
-    returns is used in place of the subtree. None means identity.
+    returns is used in place of the subtree. None means identity. A hook with a row form
+    `param_hook.rows(path, subtree, ids)` (rows `ids` of each leaf, as the hook would turn them;
+    see `zojax.perturb.make_param_hook`) is not called on embedding tables (entries
+    `{'embedding': [N, H]}`): they are read through it, the rows a lookup needs or, for tied
+    logits, a chunk of rows at a time (see `HookedTable`, `unembed`).
     """
+    rows = getattr(param_hook, "rows", None)
     param_hook = param_hook or _no_hook
     b, t = input_ids.shape
     mask = jnp.ones((b, t), bool) if attention_mask is None else attention_mask.astype(bool)
     slots = jnp.arange(t)
     attend = mask[:, None, :] & (slots[None, :] <= slots[:, None])[None]
-    p = {k: param_hook((k,), v, None) for k, v in params.items() if k != "layers"}
+
+    def top(k, v):
+        if rows is not None and isinstance(v, Mapping) and list(v) == ["embedding"]:
+            return HookedTable(v, functools.partial(rows, (k,), v))
+        return param_hook((k,), v, None)
+
+    p = {k: top(k, v) for k, v in params.items() if k != "layers"}
     h, aux = config.embed(p, input_ids, positions_from_mask(mask))
     h, _ = _run_layers(config, params["layers"], h, aux, attend, param_hook)
     return config.logits(p, h)

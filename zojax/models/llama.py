@@ -22,6 +22,7 @@ from zojax.models.base import (
     hf_config_dict,
     hf_linear,
     hf_norm,
+    lookup,
     refuse_unsupported,
     rms_norm,
     token_ids,
@@ -179,7 +180,7 @@ class LlamaConfig:
         return inv.astype(np.float32)
 
     def embed(self, p, input_ids, positions):
-        h = p["embed_tokens"]["embedding"][input_ids]
+        h = lookup(p, "embed_tokens", input_ids)
         angles = positions[..., None].astype(jnp.float32) * self.inv_freq()
         angles = jnp.concatenate([angles, angles], axis=-1)[:, :, None, :]
         return h, (jnp.cos(angles).astype(h.dtype), jnp.sin(angles).astype(h.dtype))

@@ -24,6 +24,7 @@ from zojax.models.base import (
     hf_linear,
     hf_norm,
     layer_norm,
+    lookup,
     refuse_unsupported,
     token_ids,
     unembed,
@@ -136,10 +137,10 @@ class OPTConfig:
         return self.num_attention_heads, self.hidden_size // self.num_attention_heads
 
     def embed(self, p, input_ids, positions):
-        x = p["embed_tokens"]["embedding"][input_ids]
+        x = lookup(p, "embed_tokens", input_ids)
         if self.projects:
             x = dense(x, p["project_in"])
-        return x + p["embed_positions"]["embedding"][positions + POSITION_OFFSET], None
+        return x + lookup(p, "embed_positions", positions + POSITION_OFFSET), None
 
     def qkv(self, lp, h, aux):
         b, t, _ = h.shape

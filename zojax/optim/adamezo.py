@@ -101,20 +101,32 @@ def scale_by_adamezo(
             w1 = w1 * (1 - b1) / (1 - b1**n)
             w2 = w2 * (1 - b2) / (1 - b2**n)
 
-        def adam(k, p):
+        def moments(k, p):
+            if P.is_elementwise(sampler):
+                # Unrolled, the sums are an elementwise function of the element index that XLA
+                # fuses into the update: no m, v or z is materialised.
+                m = v = 0.0
+                for i in range(h):
+                    z = sampler(k, counters[i], p.shape)
+                    m, v = m + w1[i] * z, v + w2[i] * z * z
+                return m, v
+
             def add(i, mv):
                 z = sampler(k, counters[i], p.shape)
                 return mv[0] + w1[i] * z, mv[1] + w2[i] * z * z
 
             zeros = jnp.zeros(p.shape, jnp.float32)
-            m, v = jax.lax.fori_loop(0, h, add, (zeros, zeros))
-            if form == "paper":
-                return scale * m / jnp.sqrt(v + delta)
-            return scale * m / (jnp.sqrt(v) + delta)
+            return jax.lax.fori_loop(0, h, add, (zeros, zeros))
+
+        def adam(k, p):
+            m, v = moments(k, p)
+            return scale * m / (jnp.sqrt(v + delta) if form == "paper" else jnp.sqrt(v) + delta)
 
         def direction(k, p):
             if form == "paper":
                 d = adam(k, p)
+            elif P.is_elementwise(sampler):  # both sides computed, and fused
+                d = jnp.where(state.applied >= h, adam(k, p), c * sampler(k, t, p.shape))
             else:
                 d = jax.lax.cond(state.applied >= h, adam, lambda k, p: c * sampler(k, t, p.shape), k, p)
             return jnp.where(finite, d, 0.0).astype(p.dtype)

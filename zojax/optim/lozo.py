@@ -125,7 +125,7 @@ def scale_by_lozo(
             carried = jnp.where(moved, n_old @ (v_old.T @ v) / v.shape[0], n_old)
             n_new = jnp.where(first, c * u, beta * carried + (1 - beta) * c * u)
             n_new = jnp.where(finite, n_new, n_old)
-            d = (v @ n_new.T).reshape(p.shape) * rank_scale
+            d = sampler.outer(v, n_new).reshape(p.shape) * rank_scale
             return jnp.where(finite, d, 0.0).astype(p.dtype), n_new
 
         pairs = P.for_each_leaf(step, info.key, params, stacked, state.momentum)

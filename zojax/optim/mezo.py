@@ -35,8 +35,9 @@ def scale_by_mezo(
     Args:
       eps: perturbation scale ε > 0.
       num_directions: q, the number of two-point estimates averaged per step (2q forwards).
-      sampler: z's distribution: ``"gaussian"`` (MeZO), ``"hash"``, ``"rademacher"``, or a
-        :class:`zojax.perturb.Sampler` such as ``LowRank``.
+      sampler: z's distribution: ``"gaussian"`` (MeZO's N(0, I), counter-based),
+        ``"threefry"`` (N(0, I) from ``jax.random.normal``), ``"hash"``, ``"rademacher"``, or
+        a :class:`zojax.perturb.Sampler` such as ``LowRank``.
       stacked: which leaves have a leading layer axis (see :mod:`zojax.perturb`).
       key: int seed or PRNG key; the same key gives the same trajectory.
 

@@ -1,0 +1,155 @@
+"""Time and compiled memory of one jitted zeroth-order step on SmolLM2-135M, against the
+forward pass it is built from.
+
+The loss is the next-token cross-entropy of `model.apply(params, ids, mask, param_hook=...)` on
+random token ids (float32), so each optimizer perturbs the model layer by layer inside its scan.
+An ideal ZO step costs two forward passes: the printed ratio is step / (2 x forward), next to
+the goal for that optimizer. Steps are jitted with params and state donated and compiled ahead
+of time. Everything is warmed up once, then timed in `--runs` interleaved rounds (one call of
+each per round, so that load from other processes hits all alike; medians are printed). The
+steps pass one copy of the parameters to each other (learning rate 1e-7). AdaMeZO's state is
+advanced past its `horizon` plain-MeZO steps, so the timed steps build the Adam moments. Memory
+comes from XLA's `memory_analysis()` of the same compiled steps; the first-order row is
+jax.grad + optax.adam.
+
+    python benchmarks/step.py [--batch 16] [--seq 64] [--runs 5] \
+        [--optimizers mezo lozo lozo-m adamezo adamezo-lowrank] [--samplers gaussian hash] \
+        [--horizon 10] [--no-first-order] [--breakdown]
+
+`--breakdown` also times, in the same rounds and per kind of direction, z generated and added to
+every leaf (in place, as a MeZO update does) and one forward pass perturbed through the hook,
+and splits each step into two perturbed forwards and the rest (the update).
+"""
+
+import argparse
+import sys
+
+import jax
+import jax.numpy as jnp
+import optax
+
+import zojax
+import zojax.models
+from common import (
+    SAMPLERS,
+    ZO_OPTIMIZERS,
+    Memory,
+    SharedSteps,
+    compile_step,
+    environment,
+    fo_step,
+    interleaved_medians,
+    lm_loss,
+    mb,
+    n_params,
+    past_warmup,
+    random_batch,
+    table,
+    zo_optimizer,
+    zo_step,
+)
+
+# step / (2 x forward) the library aims for.
+GOALS = {"mezo": 1.15, "lozo": 1.05, "adamezo": 1.5, "adamezo-lowrank": 1.1}
+
+
+def direction_kind(optimizer: str, sampler: str):
+    """A label and the sampler of the z that the optimizer's two forward passes use."""
+    base = zojax.perturb.get_sampler(sampler)
+    if optimizer.startswith("lozo") or optimizer.endswith("lowrank"):
+        return f"low-rank {sampler}", zojax.LowRank(2, 50, base)
+    return f"dense {sampler}", base
+
+
+def parts_runners(model, loss, ids, mask, sampler, shared: SharedSteps) -> tuple:
+    """Two no-argument functions: add z to every leaf in place (`perturb` with a scale of 0
+    passed at run time, on the shared donated params: the work of a MeZO update), and one
+    forward pass perturbed by `sampler`'s z through the parameter hook."""
+    key = zojax.perturb.as_key(0)
+
+    def add_z(params, scale, ids, mask):
+        return zojax.perturb.perturb(params, sampler, key, 0, scale, model.stacked), scale
+
+    compiled = compile_step(add_z, model.params, jnp.float32(0), ids, mask)
+    hook = zojax.perturb.make_param_hook(sampler, key, 0, 1e-3)
+    perturbed = jax.jit(lambda p: loss(p, ids, mask, param_hook=hook))
+    return shared.add(compiled, jnp.float32(0)), lambda: perturbed(model.params).block_until_ready()
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--seq", type=int, default=64)
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--optimizers", nargs="+", choices=ZO_OPTIMIZERS, default=list(ZO_OPTIMIZERS))
+    parser.add_argument("--samplers", nargs="+", choices=SAMPLERS, default=list(SAMPLERS))
+    parser.add_argument("--horizon", type=int, default=10, help="AdaMeZO's horizon")
+    parser.add_argument("--no-first-order", action="store_true", help="skip the jax.grad + adam step")
+    parser.add_argument("--breakdown", action="store_true", help="also time z generation and one perturbed forward")
+    args = parser.parse_args()
+
+    model = zojax.models.load_default()
+    ids, mask = random_batch(model.config.vocab_size, args.batch, args.seq)
+    loss = lm_loss(model.apply)
+
+    forward = jax.jit(loss).lower(model.params, ids, mask).compile()
+    forward_mem = Memory.of(forward)
+    runners = {"forward": lambda: forward(model.params, ids, mask).block_until_ready()}
+    shared = SharedSteps(model.params, ids, mask)
+    memory = {}  # (optimizer, sampler) -> Memory
+    for name in args.optimizers:
+        for sampler in args.samplers:
+            tx = zo_optimizer(name, sampler, model.stacked, horizon=args.horizon)
+            compiled = compile_step(zo_step(tx, loss), model.params, tx.init(model.params), ids, mask)
+            runners[f"{name} / {sampler}"] = shared.add(compiled, past_warmup(tx.init(model.params)))
+            memory[name, sampler] = Memory.of(compiled)
+            print(f"  compiled {name} / {sampler}", file=sys.stderr, flush=True)
+    if not args.no_first_order:
+        tx = optax.adam(1e-5)
+        compiled = compile_step(fo_step(tx, loss), model.params, tx.init(model.params), ids, mask)
+        runners["first-order adam / -"] = shared.add(compiled, tx.init(model.params))
+        memory["first-order adam", "-"] = Memory.of(compiled)
+    kinds = dict(direction_kind(n, s) for n in args.optimizers for s in args.samplers) if args.breakdown else {}
+    for kind, sampler in kinds.items():
+        runners[f"z: {kind}"], runners[f"perturbed: {kind}"] = parts_runners(model, loss, ids, mask, sampler, shared)
+
+    seconds = interleaved_medians(runners, args.runs)
+    forward_s = seconds["forward"]
+
+    print(
+        f"SmolLM2-135M ({n_params(model.params) / 1e6:.1f}M params), batch {args.batch}x{args.seq}, float32, "
+        f"LM loss, median of {args.runs} interleaved rounds ({environment()})"
+    )
+    print(f"\nforward (jit, no hook): {forward_s:.3f} s; an ideal ZO step is 2 x forward = {2 * forward_s:.3f} s\n")
+    rows = []
+    for (name, sampler), mem in memory.items():
+        t = seconds[f"{name} / {sampler}"]
+        ratio = t / (2 * forward_s)
+        goal = GOALS.get(name)
+        verdict = "-" if goal is None else "met" if ratio <= goal else f"missed by {ratio / goal - 1:.0%}"
+        zo = sampler != "-"
+        row = [name, sampler, f"{t:.3f}", f"{ratio:.2f}" if zo else f"({ratio:.2f})", f"<= {goal}" if goal else "-", verdict]
+        if kinds:
+            row.append(f"{t - 2 * seconds['perturbed: ' + direction_kind(name, sampler)[0]]:.3f}" if zo else "-")
+        rows.append(row)
+    print(table(["step", "sampler", "time s", "step / 2 fwd", "goal", "vs goal", *(["rest s"] if kinds else [])], rows))
+    if kinds:
+        print("  (rest s = step - 2 x its perturbed forward below: the update, z regenerated and applied)")
+
+    print("\ncompiled memory (XLA memory_analysis; peak = argument + output - alias + temp)\n")
+    rows = [["forward", "-", *(mb(x) for x in forward_mem), mb(forward_mem.peak), "1.00"]]
+    for (name, sampler), mem in memory.items():
+        rows.append([name, sampler, *(mb(x) for x in mem), mb(mem.peak), f"{mem.peak / forward_mem.peak:.2f}"])
+    print(table(["function", "sampler", "argument", "output", "alias", "temp", "peak", "peak / fwd"], rows))
+
+    if kinds:
+        print("\nparts of a step, timed in the same rounds (z s: z generated and added to every leaf in place)\n")
+        rows = []
+        for kind in kinds:
+            z_s, perturbed_s = seconds[f"z: {kind}"], seconds[f"perturbed: {kind}"]
+            rows.append([kind, f"{z_s:.3f}", f"{z_s / forward_s:.2f}", f"{perturbed_s:.3f}", f"{perturbed_s / forward_s:.2f}"])
+        print(table(["direction", "z s", "z / fwd", "perturbed fwd s", "perturbed / fwd"], rows))
+
+
+if __name__ == "__main__":
+    main()
