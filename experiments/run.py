@@ -37,7 +37,7 @@ _CONFIG = config_flags.DEFINE_config_file("config", str(CONFIGS / "default.py"),
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments {argv[1:]}; use --config.<field>=<value>")
-    logging.set_verbosity(logging.WARNING)
+    logging.set_verbosity(logging.ERROR)  # orbax reports routine save timings as warnings
     try:
         train.run(_CONFIG.value)
     except (ValueError, FileExistsError, FloatingPointError) as e:
