@@ -257,3 +257,12 @@ def test_same_run_on_one_device_a_mesh_of_eight_and_two_processes(tiny_model, tm
             assert summaries[name][field] == summaries["one"][field], (name, field)
     moved = ocp.tree.to_flat_dict(final_state(runs["one"], 3))
     assert any(not np.array_equal(np.asarray(moved[k]), np.asarray(reference[k])) for k in reference if k[0] == "params")
+
+
+def test_resume_treats_fields_added_since_the_checkpoint_as_defaults():
+    cfg = train.default_config()
+    saved = {k: v for k, v in cfg.to_dict().items() if k != "mesh"}  # a checkpoint older than the field
+    assert train.config_differences(saved, cfg) == []
+    cfg.mesh = "2,-1,1"
+    assert train.config_differences(saved, cfg) == ["mesh"]
+    assert train.config_differences({**saved, "steps": 1}, cfg) == ["mesh", "steps"]

@@ -347,8 +347,12 @@ class Checkpoints:
 
 
 def config_differences(saved: dict, cfg) -> list[str]:
-    now = cfg.to_dict()
-    return sorted(k for k in set(saved) | set(now) if k not in RESUMABLE_CHANGES and saved.get(k) != now.get(k))
+    """Fields whose value differs between a checkpoint's config and ``cfg``; a field the
+    checkpoint predates counts as having its default value."""
+    now, defaults = cfg.to_dict(), default_config().to_dict()
+    return sorted(
+        k for k in set(saved) | set(now) if k not in RESUMABLE_CHANGES and saved.get(k, defaults.get(k)) != now.get(k)
+    )
 
 
 # --------------------------------------------------------------------------- the run
