@@ -383,7 +383,6 @@ def task_problem(cfg, model=None) -> Problem:
     ``{"dev": …, "test": …}`` (accuracy, or F1 for generation tasks). ``model`` defaults
     to loading ``cfg.model``."""
     from zojax import train
-    from zojax.tasks import scoring
 
     train.validate(cfg)
     model = train.load_model(cfg) if model is None else model
@@ -408,7 +407,7 @@ def task_problem(cfg, model=None) -> Problem:
         b, index = train.train_batch(cfg, data.train.encoded, step)
         return {"base": trainable.base, "batch": b, "index": index}
 
-    predict = jax.jit(lambda base, p, b: scoring.predict(trainable.apply(base, p, b.input_ids, b.attention_mask), b))
+    predict = train.make_predict(trainable)
 
     def evaluate(params):
         return {

@@ -82,15 +82,22 @@ DEFAULT_RULES: Rules = LLAMA_RULES + OPT_RULES
 # Meshes
 
 
-def mesh_shape(spec: str | Sequence[int], num_devices: int) -> tuple[int, int, int]:
-    """The (data, fsdp, tensor) sizes of ``spec`` (``"1,-1,1"``: one -1 takes the rest) on
-    ``num_devices`` devices; ``ValueError`` unless their product is ``num_devices``."""
+def parse_mesh(spec: str | Sequence[int]) -> list[int]:
+    """The three sizes of a mesh spec (``"1,-1,1"``), -1 kept; ``ValueError`` on a malformed one.
+    Needs no devices, so configs are checked before anything starts."""
     try:
         sizes = [int(s) for s in (spec.split(",") if isinstance(spec, str) else spec)]
     except ValueError:
         raise ValueError(f"mesh must be three comma-separated integers for {AXES}, got {spec!r}") from None
     if len(sizes) != len(AXES) or any(s == 0 or s < -1 for s in sizes) or sizes.count(-1) > 1:
         raise ValueError(f"mesh must be three sizes >= 1 for {AXES}, at most one of them -1, got {spec!r}")
+    return sizes
+
+
+def mesh_shape(spec: str | Sequence[int], num_devices: int) -> tuple[int, int, int]:
+    """The (data, fsdp, tensor) sizes of ``spec`` (``"1,-1,1"``: one -1 takes the rest) on
+    ``num_devices`` devices; ``ValueError`` unless their product is ``num_devices``."""
+    sizes = parse_mesh(spec)
     known = math.prod(s for s in sizes if s != -1)
     if -1 in sizes:
         if num_devices % known:

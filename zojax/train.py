@@ -125,9 +125,7 @@ def validate(cfg) -> None:
     for field in ("batch_size", "eval_batch_size", "max_length", "max_consecutive_skips", "max_new_tokens"):
         if cfg[field] < 1:
             raise ValueError(f"{field} must be >= 1, got {cfg[field]}")
-    sizes = cfg.mesh.split(",")
-    if len(sizes) != 3 or not all(s.strip().lstrip("-").isdigit() for s in sizes):
-        raise ValueError(f"mesh must be three comma-separated sizes for {sharding.AXES}, e.g. '1,-1,1'; got {cfg.mesh!r}")
+    sharding.parse_mesh(cfg.mesh)
     distributed_arguments(cfg.distributed)
 
 
@@ -297,6 +295,11 @@ def make_step(cfg, loss, tx, param_shardings=None):
     return jax.jit(step, donate_argnums=(1, 2))
 
 
+def make_predict(trainable: Trainable):
+    """jit(predict)(base, params, batch) -> each example's highest-scoring candidate."""
+    return jax.jit(lambda base, p, b: scoring.predict(trainable.apply(base, p, b.input_ids, b.attention_mask), b))
+
+
 def evaluate(cfg, model, trainable: Trainable, params, split: Split, predict_fn, mesh=None) -> float:
     """Accuracy of the highest mean log-likelihood candidate, or for generation tasks the
     mean token F1 of greedy answers, over ``split`` (batches split over ``mesh`` if given)."""
@@ -400,7 +403,7 @@ def run(cfg) -> dict:
     tx = make_optimizer(cfg, params, trainable.stacked)
     opt_state = jax.jit(tx.init)(params)
     step_fn = make_step(cfg, make_loss(cfg, model, trainable, data.train), tx, param_shardings)
-    predict_fn = jax.jit(lambda base, p, b: scoring.predict(trainable.apply(base, p, b.input_ids, b.attention_mask), b))
+    predict_fn = make_predict(trainable)
     evaluate_on = lambda params, split: evaluate(cfg, model, trainable, params, split, predict_fn, mesh)
 
     log = Log(out, cfg, enabled=jax.process_index() == 0)
@@ -423,6 +426,7 @@ def run(cfg) -> dict:
         log.text(f"zero-shot ({cfg.num_demos} demonstrations): dev {zero_shot['dev']:.3f}  test {zero_shot['test']:.3f}")
         best = {"dev": zero_shot["dev"], "step": 0, "zero_shot": zero_shot}
 
+    best_ckpt = Checkpoints(out / "best", keep=1)
     consecutive_skips = 0
     bar = progress_bar(cfg, start, enabled=log.enabled)
     for step in range(start, cfg.steps):
@@ -446,7 +450,7 @@ def run(cfg) -> dict:
             log.event({"step": done, "event": "eval", "dev": dev})
             if dev > best["dev"]:
                 best = {**best, "dev": dev, "step": done}
-                Checkpoints(out / "best", keep=1).save(done, {"params": params}, {"dev": dev})
+                best_ckpt.save(done, {"params": params}, {"dev": dev})
         if cfg.checkpoint_every and (done % cfg.checkpoint_every == 0 or done == cfg.steps):
             meta = {"step": done, "best": best, "config": cfg.to_dict()}
             ckpt.save(done, {"params": params, "opt_state": opt_state}, meta)
@@ -456,7 +460,7 @@ def run(cfg) -> dict:
     # memory; when no evaluation beat the zero-shot dev score, the final parameters are tested.
     final_params, chosen = params, params
     if best["step"] > 0 and best["step"] != cfg.steps:
-        chosen = Checkpoints(out / "best", keep=1).restore(best["step"], {"params": params})[0]["params"]
+        chosen = best_ckpt.restore(best["step"], {"params": params})[0]["params"]
     test = evaluate_on(chosen, data.test)
     if cfg.export_hf:
         from zojax import models
