@@ -17,8 +17,10 @@ every row the driver rewrites experiments/results/table.md and loss_<task>.png.
 Learning rates: each training method has a small grid (GRID). On the tuning task (SST-2)
 every grid value is a full run and the method's lr is the one with the best dev accuracy
 (ties: the lower final training loss); the other tasks reuse that lr (one run each).
-Order: SST-2 with every method at its first grid value, then SST-2's other grid values,
-then RTE, CB, COPA (then BoolQ, WiC, WSC, MultiRC when asked for with --tasks).
+Order: SST-2 with every method at its first grid value, then the tasks from the cheapest
+row to the dearest (COST_ORDER), SST-2's other grid values taking SST-2's place: COPA,
+SST-2's grid, RTE, CB by default. A task's rows use the lr chosen on the finished part of
+the SST-2 grid; if the completed grid chooses another lr, the row with it is planned anew.
 """
 
 from __future__ import annotations
@@ -73,6 +75,10 @@ RUN_ORDER = ("mezo", "lozo", "lozo-m", "adamezo", "ft", "adamezo-lowrank")
 # The other grid values: AdaMeZO first, whose first value (the paper's lr for OPT-13B) is
 # the least certain for a 135M model.
 GRID_ORDER = ("adamezo", "adamezo-lowrank", "lozo-m", "mezo", "lozo", "ft")
+# Tasks from the cheapest row to the dearest: training tokens per step at batch 16 (every
+# candidate a row, padded to the batch's longest): COPA 1.0k, SST-2 1.4k, WiC 2.0k, WSC 3.4k,
+# RTE 6.2k, BoolQ 8.0k, MultiRC 8.2k, CB 9.6k.
+COST_ORDER = ("copa", "sst2", "wic", "wsc", "rte", "boolq", "multirc", "cb")
 SMOOTH = 20  # moving-average window (steps) of the loss curves and the reach criterion
 
 
@@ -231,8 +237,10 @@ def plan(tasks, methods) -> list[Row]:
         rows += [Row(TUNE_TASK, "zero-shot")] if "zero-shot" in methods else []
         rows += [Row(TUNE_TASK, m, GRID[m][0]) for m in trained]
         rows += [Row(TUNE_TASK, "icl")] if "icl" in methods else []
-        rows += [Row(TUNE_TASK, m, lr) for m in GRID_ORDER if m in methods for lr in GRID[m][1:]]
-    for task in (t for t in tasks if t != TUNE_TASK):
+    for task in (t for t in COST_ORDER if t in tasks):
+        if task == TUNE_TASK:
+            rows += [Row(TUNE_TASK, m, lr) for m in GRID_ORDER if m in methods for lr in GRID[m][1:]]
+            continue
         rows += [Row(task, "zero-shot")] if "zero-shot" in methods else []
         for m in trained:
             sel = selection(TUNE_TASK, m)

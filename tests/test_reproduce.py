@@ -136,11 +136,13 @@ def test_zo_rows_spend_the_same_forward_passes():
     assert len({c.batch_size for c in cfgs}) == 1
 
 
-def test_plan_runs_every_method_on_sst2_before_the_rest_of_the_grid(results):
-    rows = R.plan(["sst2", "rte"], list(R.METHODS))
+def test_plan_runs_every_method_on_sst2_first_then_tasks_by_cost(results):
+    rows = R.plan(["sst2", "rte", "copa"], list(R.METHODS))
+    first = rows[: len(R.METHODS)]
+    assert {r.task for r in first} == {"sst2"} and {r.method for r in first} == set(R.METHODS)
     sst2 = [r for r in rows if r.task == "sst2"]
-    assert rows[: len(sst2)] == sst2  # SST-2 first
-    first = {r.method for r in sst2[: len(R.METHODS)]}
-    assert first == set(R.METHODS)  # every method once before any second grid value
     assert {(r.method, r.lr) for r in sst2 if r.lr is not None} == {(m, lr) for m in R.TRAINED for lr in R.GRID[m]}
+    # then the cheapest task, the rest of SST-2's grid, and the dearest task
+    blocks = [r.task for r in rows[len(R.METHODS):]]
+    assert [t for i, t in enumerate(blocks) if i == 0 or blocks[i - 1] != t] == ["copa", "sst2", "rte"]
     assert len({r.output_dir for r in rows}) == len(rows)
