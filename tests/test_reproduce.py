@@ -2,6 +2,7 @@
 
 import json
 import math
+import os
 
 import numpy as np
 import pytest
@@ -146,3 +147,16 @@ def test_plan_runs_every_method_on_sst2_first_then_tasks_by_cost(results):
     blocks = [r.task for r in rows[len(R.METHODS):]]
     assert [t for i, t in enumerate(blocks) if i == 0 or blocks[i - 1] != t] == ["copa", "sst2", "rte"]
     assert len({r.output_dir for r in rows}) == len(rows)
+
+
+def test_one_driver_at_a_time_and_a_stopped_driver_frees_its_lock(results, monkeypatch):
+    monkeypatch.chdir(results)  # main() works from ROOT
+    lock = results / R.LOCK
+    lock.parent.mkdir(parents=True)
+    lock.write_text(f"{os.getppid()}\n")  # a live process other than this one
+    assert R.main(["--tasks", "copa", "--methods", "zero-shot"]) == 1
+    assert (results / R.RESULTS / "table.md").exists()  # the table is rebuilt before the refusal
+    monkeypatch.setattr(R, "_child", None)
+    with pytest.raises(SystemExit) as stopped:  # SIGTERM: the child is stopped, the lock removed
+        R._terminate(15, None)
+    assert stopped.value.code == 143 and not lock.exists()
