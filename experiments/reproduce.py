@@ -350,7 +350,8 @@ def render_table(tasks, methods, memory_md: str | None = None) -> str:
         f"eps 1e-3, sampler `{C.SAMPLER}`; LOZO rank 2, nu 50; LOZO-M beta 0.9; AdaMeZO official form, b1 0.7, b2 0.9, horizon 10. "
         f"FT: Adam, {C.FO_STEPS} steps of batch 16, counted as {FO_FORWARDS} forward passes per step "
         f"({C.FO_STEPS * FO_FORWARDS}). Dev evaluated every {C.EVAL_EVERY} steps (FT: 20) and at the end; the test "
-        "accuracy is that of the best-dev parameters (step 0 = the zero-shot model when training never beat it on dev).",
+        "accuracy is that of the parameters with the best dev accuracy among those evaluations (ties: the earlier step; "
+        "the zero-shot model is not a candidate, as in MeZO's protocol).",
         f"- In-context: {C.NUM_DEMOS} demonstrations from the training sample, max_length 256 (left-truncated).",
         "- Learning-rate grid: " + "; ".join(f"{LABELS[m]} {{{', '.join(fmt_lr(x) for x in GRID[m])}}}" for m in TRAINED)
         + f". Every grid value is a full run on {TASK_LABELS[TUNE_TASK]}; the method's lr is the one with the best "

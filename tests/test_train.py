@@ -79,6 +79,16 @@ def test_cli_run_writes_summary_metrics_and_plot(tiny_model, tmp_path):
     assert list((out / "tensorboard").iterdir())
 
 
+def test_dev_selection_is_among_training_evaluations_not_the_zero_shot_model(tiny_model, tmp_path):
+    # lr 0: every evaluation ties the zero-shot dev score; the first training evaluation is
+    # chosen, and its parameters (the unchanged ones) score the zero-shot test accuracy.
+    summary = train.run(small_config(tiny_model, tmp_path / "run", learning_rate=0.0, steps=8, eval_every=4))
+    assert summary["best_step"] == 4 and summary["best_dev"] == summary["zero_shot"]["dev"]
+    assert summary["test"] == summary["zero_shot"]["test"]
+    unevaluated = train.run(small_config(tiny_model, tmp_path / "final", steps=4, eval_every=0, checkpoint_every=0))
+    assert unevaluated["best_step"] == 0 and unevaluated["best_dev"] is None
+
+
 def test_killed_and_resumed_run_ends_with_identical_parameters(tiny_model, tmp_path):
     cfg = dict(steps=40, checkpoint_every=4, eval_every=8)
     straight, killed = tmp_path / "straight", tmp_path / "killed"

@@ -407,7 +407,7 @@ def run(cfg) -> dict:
     evaluate_on = lambda params, split: evaluate(cfg, model, trainable, params, split, predict_fn, mesh)
 
     log = Log(out, cfg, enabled=jax.process_index() == 0)
-    start, best = 0, {"dev": -1.0, "step": 0}
+    start, best = 0, {"dev": None, "step": 0}  # the best dev score among training evaluations
     if cfg.resume and ckpt.latest() is not None:
         state, meta = ckpt.restore(ckpt.latest(), {"params": params, "opt_state": opt_state})
         differ = config_differences(meta["config"], cfg)
@@ -424,7 +424,7 @@ def run(cfg) -> dict:
         }
         log.event({"step": 0, "event": "zero_shot", **zero_shot})
         log.text(f"zero-shot ({cfg.num_demos} demonstrations): dev {zero_shot['dev']:.3f}  test {zero_shot['test']:.3f}")
-        best = {"dev": zero_shot["dev"], "step": 0, "zero_shot": zero_shot}
+        best = {"dev": None, "step": 0, "zero_shot": zero_shot}
 
     best_ckpt = Checkpoints(out / "best", keep=1)
     consecutive_skips = 0
@@ -448,7 +448,7 @@ def run(cfg) -> dict:
         if cfg.eval_every and (done % cfg.eval_every == 0 or done == cfg.steps):
             dev = evaluate_on(params, data.dev)
             log.event({"step": done, "event": "eval", "dev": dev})
-            if dev > best["dev"]:
+            if best["dev"] is None or dev > best["dev"]:  # ties: the earlier step
                 best = {**best, "dev": dev, "step": done}
                 best_ckpt.save(done, {"params": params}, {"dev": dev})
         if cfg.checkpoint_every and (done % cfg.checkpoint_every == 0 or done == cfg.steps):
@@ -456,10 +456,11 @@ def run(cfg) -> dict:
             ckpt.save(done, {"params": params, "opt_state": opt_state}, meta)
     bar.close()
 
-    # The best-dev parameters come back from their checkpoint rather than from a copy kept in
-    # memory; when no evaluation beat the zero-shot dev score, the final parameters are tested.
+    # The test scores the best-dev parameters among the evaluations during training (the
+    # zero-shot model is not a candidate: it has its own test score), read back from their
+    # checkpoint rather than from a copy kept in memory; without evaluations, the final ones.
     final_params, chosen = params, params
-    if best["step"] > 0 and best["step"] != cfg.steps:
+    if best["step"] not in (0, cfg.steps):
         chosen = best_ckpt.restore(best["step"], {"params": params})[0]["params"]
     test = evaluate_on(chosen, data.test)
     if cfg.export_hf:
@@ -522,7 +523,7 @@ class Log:
         rows = [
             ("task", summary["task"]), ("optimizer", summary["optimizer"]), ("steps", summary["steps"]),
             ("zero-shot dev / test", f"{zs.get('dev', float('nan')):.3f} / {zs.get('test', float('nan')):.3f}"),
-            ("best dev (step)", f"{summary['best_dev']:.3f} ({summary['best_step']})"),
+            ("best dev (step)", "—" if summary["best_dev"] is None else f"{summary['best_dev']:.3f} ({summary['best_step']})"),
             ("test (best-dev params)", f"{summary['test']:.3f}"),
         ]
         width = max(len(k) for k, _ in rows)
