@@ -417,6 +417,8 @@ def run(cfg) -> dict:
                 + ", ".join(f"{k} (saved {meta['config'].get(k)!r}, now {cfg.to_dict().get(k)!r})" for k in differ)
             )
         params, opt_state, start, best = state["params"], state["opt_state"], meta["step"], meta["best"]
+        if best["step"] == 0:  # older checkpoints count the zero-shot dev score as the best so far
+            best["dev"] = None
         log.text(f"resumed from step {start}")
     else:
         zero_shot = {
