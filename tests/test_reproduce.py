@@ -89,6 +89,9 @@ def test_table_marks_unfinished_rows_and_never_fills_them(results):
             assert ("not finished" in line) or ("failed" in line)
             assert [c.strip() for c in line.split("|")[5:8]] == ["", "", ""]
     # RTE reuses the lr chosen on SST-2 once its grid is complete
+    for m, rest in (("mezo", R.GRID["mezo"][2:]), ("lozo", R.GRID["lozo"][2:])):
+        for lr in rest:
+            finish(results, R.Row("sst2", m, lr), test=0.5, best_dev=0.5)
     finish(results, R.Row("sst2", "lozo", R.GRID["lozo"][1]), test=0.7, best_dev=0.7)
     rte = {r.method: r for r in R.plan(tasks, methods) if r.task == "rte"}
     assert rte["mezo"].lr == R.GRID["mezo"][0] and "chosen on SST-2 dev" in rte["mezo"].note
@@ -98,6 +101,8 @@ def test_table_marks_unfinished_rows_and_never_fills_them(results):
 def test_dev_ties_go_to_the_lower_final_loss(results):
     finish(results, R.Row("sst2", "mezo", R.GRID["mezo"][0]), test=0.5, best_dev=0.7, losses=(1.0, 1.0))
     finish(results, R.Row("sst2", "mezo", R.GRID["mezo"][1]), test=0.6, best_dev=0.7, losses=(1.0, 0.5))
+    for lr in R.GRID["mezo"][2:]:
+        finish(results, R.Row("sst2", "mezo", lr), test=0.9, best_dev=0.6, losses=(0.1, 0.1))
     sel = R.selection("sst2", "mezo")
     assert sel["lr"] == R.GRID["mezo"][1] and sel["complete"]
 
