@@ -165,3 +165,13 @@ def test_one_driver_at_a_time_and_a_stopped_driver_frees_its_lock(results, monke
     with pytest.raises(SystemExit) as stopped:  # SIGTERM: the child is stopped, the lock removed
         R._terminate(15, None)
     assert stopped.value.code == 143 and not lock.exists()
+
+
+@pytest.mark.parametrize("flat", [True, False])
+def test_reach_table_warns_when_mezo_reaches_its_own_target_early(results, flat):
+    steps = 2 * R.SMOOTH
+    losses = [1.0] * steps if flat else list(np.linspace(1.0, 0.1, steps))
+    finish(results, R.Row("copa", "mezo", R.GRID["mezo"][0]), test=0.6, best_dev=0.6, losses=losses)
+    text = "\n".join(R.reach_table("copa", [R.Row("copa", "mezo", R.GRID["mezo"][0])]))
+    assert ("says little" in text) == flat
+    assert f"| MeZO | {R.fmt_lr(R.GRID['mezo'][0])} | {R.SMOOTH * 2 if flat else steps * 2} |" in text
