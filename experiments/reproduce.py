@@ -182,6 +182,11 @@ def read_metrics(path: Path) -> tuple[np.ndarray, np.ndarray, list[dict]]:
     return loss, times, sorted(evals.values(), key=lambda r: r["step"])
 
 
+def row_metrics(row: Row) -> tuple[np.ndarray, np.ndarray, list[dict]]:
+    """:func:`read_metrics` of ``row``'s metrics.jsonl."""
+    return read_metrics(ROOT / row.output_dir / "metrics.jsonl")
+
+
 def moving_average(values, window: int = SMOOTH) -> np.ndarray:
     """Trailing moving average; entry i averages values[max(0, i-window+1) .. i]."""
     values = np.asarray(values, np.float64)
@@ -225,7 +230,7 @@ def selection(task: str, method: str) -> dict:
 
     def key(item):
         r, s = item
-        loss, _, _ = read_metrics(ROOT / r.output_dir / "metrics.jsonl")
+        loss, _, _ = row_metrics(r)
         final = moving_average(loss)[-1] if len(loss) else math.inf
         return (-s["best_dev"], final if math.isfinite(final) else math.inf)
 
@@ -292,7 +297,7 @@ def cell(row: Row | None) -> str:
 
 
 def progress(row: Row) -> str:
-    loss, _, _ = read_metrics(ROOT / row.output_dir / "metrics.jsonl")
+    loss, _, _ = row_metrics(row)
     return f"{len(loss)} steps logged" if len(loss) else ""
 
 
@@ -301,7 +306,7 @@ def reach_table(task: str, rows: list[Row]) -> list[str]:
     mezo = chosen_row(task, "mezo", rows)
     if mezo is None or status(mezo) != "finished":
         return ["MeZO's row has not finished: nothing to compare against yet."]
-    mloss, _, _ = read_metrics(ROOT / mezo.output_dir / "metrics.jsonl")
+    mloss, _, _ = row_metrics(mezo)
     target = moving_average(mloss)[-1]
     budget = len(mloss) * ZO_FORWARDS
     out = [
@@ -319,7 +324,7 @@ def reach_table(task: str, rows: list[Row]) -> list[str]:
         r = chosen_row(task, m, rows)
         if r is None:
             continue
-        loss, _, _ = read_metrics(ROOT / r.output_dir / "metrics.jsonl")
+        loss, _, _ = row_metrics(r)
         st = status(r)
         if st != "finished":
             out.append(f"| {LABELS[m]} | {fmt_lr(r.lr)} | not finished | | | {st} |")
@@ -355,7 +360,7 @@ def render_table(tasks, methods, memory_md: str | None = None) -> str:
         f"- ZO methods: {C.ZO_STEPS} steps of batch 16 = {C.ZO_STEPS * ZO_FORWARDS} forward passes each (the same for every ZO method), "
         f"eps 1e-3, sampler `{C.SAMPLER}`; LOZO rank 2, nu 50; LOZO-M beta 0.9; AdaMeZO official form, b1 0.7, b2 0.9, horizon 10. "
         f"FT: Adam, {C.FO_STEPS} steps of batch 16, counted as {FO_FORWARDS} forward passes per step "
-        f"({C.FO_STEPS * FO_FORWARDS}). Dev evaluated every {C.EVAL_EVERY} steps (FT: 20) and at the end; the test "
+        f"({C.FO_STEPS * FO_FORWARDS}). Dev evaluated every {C.EVAL_EVERY} steps (FT: {C.METHODS['ft']['eval_every']}) and at the end; the test "
         "accuracy is that of the parameters with the best dev accuracy among those evaluations (ties: the earlier step; "
         "the zero-shot model is not a candidate, as in MeZO's protocol).",
         f"- In-context: {C.NUM_DEMOS} demonstrations from the training sample, max_length 256 (left-truncated).",
@@ -384,7 +389,7 @@ def render_table(tasks, methods, memory_md: str | None = None) -> str:
             sel = selection(TUNE_TASK, m)
             for r in sel["rows"]:
                 st, s = status(r), summary(r)
-                loss, _, _ = read_metrics(ROOT / r.output_dir / "metrics.jsonl")
+                loss, _, _ = row_metrics(r)
                 if s is None:
                     lines.append(f"| {LABELS[m]} | {fmt_lr(r.lr)} | {'not finished' if st != 'failed' else 'failed'} {progress(r)} | | | | | |")
                     continue
@@ -409,7 +414,7 @@ def render_table(tasks, methods, memory_md: str | None = None) -> str:
             if r is None or status(r) != "finished":
                 cells.append("not finished")
                 continue
-            _, times, _ = read_metrics(ROOT / r.output_dir / "metrics.jsonl")
+            _, times, _ = row_metrics(r)
             cells.append(f"{median_step_time(times):.2f}")
         lines.append(f"| {LABELS[m]} | " + " | ".join(cells) + " |")
     lines += ["", "## Peak memory", ""]
@@ -446,7 +451,7 @@ def plot_losses(task: str, rows: list[Row], path: Path) -> bool:
         r = chosen_row(task, m, rows)
         if r is None:
             continue
-        loss, _, _ = read_metrics(ROOT / r.output_dir / "metrics.jsonl")
+        loss, _, _ = row_metrics(r)
         if not len(loss):
             continue
         x = np.arange(1, len(loss) + 1) * r.forwards_per_step
@@ -487,11 +492,8 @@ def write_outputs(tasks, methods) -> None:
 def measure_memory(task: str = TUNE_TASK, methods=METHODS) -> str:
     """Compile (without running) each method's step for ``task``'s step-0 batch and report
     XLA's memory analysis; eval-only methods: the evaluation forward on the first test batch."""
-    import jax
-
     from experiments.configs import reproduce as C
     from zojax import compare, tasks as T, train
-    from zojax.tasks import scoring
 
     lines = [
         "# Peak memory of one compiled step (compile only, XLA memory_analysis)",
@@ -511,7 +513,7 @@ def measure_memory(task: str = TUNE_TASK, methods=METHODS) -> str:
         data = train.load_data(cfg, model.tokenizer)
         trainable = train.make_trainable(cfg, model)
         if m in EVAL_ONLY:
-            predict = jax.jit(lambda base, p, b: scoring.predict(trainable.apply(base, p, b.input_ids, b.attention_mask), b))
+            predict = train.make_predict(trainable)
             batch = T.collate(data.test.encoded[: cfg.eval_batch_size], max_length=cfg.max_length)
             compiled = predict.lower(trainable.base, trainable.params, batch).compile()
             opt = "—"

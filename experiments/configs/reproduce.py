@@ -23,7 +23,6 @@ NUM_TRAIN, NUM_DEV, NUM_TEST = 1000, 200, 500
 NUM_DEMOS = 4  # in-context demonstrations (max_length 256 keeps the last tokens)
 SAMPLER = "hash"
 
-ZO = ("mezo", "lozo", "lozo-m", "adamezo", "adamezo-lowrank")
 METHODS = {
     "zero-shot": dict(steps=0),
     "icl": dict(steps=0, num_demos=NUM_DEMOS),
