@@ -1,5 +1,6 @@
 """The training loop and CLI on a tiny random LLaMA with SmolLM2's tokenizer."""
 
+import dataclasses
 import importlib.util
 import json
 import os
@@ -13,7 +14,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from zojax import train
+from zojax import tasks, train
 
 ROOT = Path(__file__).parents[1]
 pytestmark = pytest.mark.skipif(
@@ -171,6 +172,36 @@ def test_in_context_evaluation_prepends_demonstrations(tiny_model, tmp_path):
     with_demos, without = train.load_data(cfg, tokenizer), train.load_data(plain, tokenizer)
     assert all(len(a.context) > len(b.context) for a, b in zip(with_demos.dev.encoded, without.dev.encoded))
     assert train.run(cfg)["zero_shot"]["dev"] >= 0
+
+
+def test_evaluation_batches_examples_of_similar_length(tiny_model, tmp_path):
+    """Accuracy does not depend on batching, and length-sorted batches pad fewer tokens
+    than batches in the split's order."""
+    cfg = small_config(tiny_model, tmp_path / "run", eval_batch_size=4)
+    model = train.load_model(cfg)
+    test = train.load_data(cfg, model.tokenizer).test
+    # Contexts repeated 1, 4, 1, 4, ... times: neighbours differ in length.
+    encoded = [dataclasses.replace(e, context=e.context * (1 + 3 * (i % 2))) for i, e in enumerate(test.encoded)]
+    split = train.Split(test.examples, encoded)
+    trainable = train.make_trainable(cfg, model)
+    predict = train.make_predict(trainable)
+    padded = []
+
+    def counting_predict(base, params, batch):
+        padded.append(batch.input_ids.size)
+        return predict(base, params, batch)
+
+    accuracy = train.evaluate(cfg, model, trainable, trainable.params, split, counting_predict)
+    one_at_a_time = [
+        train.evaluate(cfg, model, trainable, trainable.params, train.Split([x], [e]), predict)
+        for x, e in zip(split.examples, split.encoded)
+    ]
+    assert accuracy == pytest.approx(np.mean(one_at_a_time))
+    in_order = [
+        tasks.collate(split.encoded[i : i + 4], max_length=cfg.max_length).input_ids.size
+        for i in range(0, len(split.encoded), 4)
+    ]
+    assert sum(padded) < sum(in_order)
 
 
 SHARED_DATA = ROOT.parent / "shared" / "data"

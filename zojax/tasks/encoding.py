@@ -19,6 +19,11 @@ class Encoded:
     candidates: list[list[int]]
     gold: int
 
+    @property
+    def length(self) -> int:
+        """Tokens in the longest row: the context and its longest candidate."""
+        return len(self.context) + max(map(len, self.candidates), default=0)
+
 
 class Batch(NamedTuple):
     """Right-padded rows of ``context + candidate`` tokens; a JAX pytree of numpy arrays.
