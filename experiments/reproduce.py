@@ -514,7 +514,8 @@ def measure_memory(task: str = TUNE_TASK, methods=METHODS) -> str:
         trainable = train.make_trainable(cfg, model)
         if m in EVAL_ONLY:
             predict = train.make_predict(trainable)
-            batch = T.collate(data.test.encoded[: cfg.eval_batch_size], max_length=cfg.max_length)
+            rows = T.scoring_rows(data.test.encoded)
+            batch = T.collate(data.test.encoded[: cfg.eval_batch_size], rows=rows, max_length=cfg.max_length)
             compiled = predict.lower(trainable.base, trainable.params, batch).compile()
             opt = "—"
         else:

@@ -198,10 +198,28 @@ def test_evaluation_batches_examples_of_similar_length(tiny_model, tmp_path):
     ]
     assert accuracy == pytest.approx(np.mean(one_at_a_time))
     in_order = [
-        tasks.collate(split.encoded[i : i + 4], max_length=cfg.max_length).input_ids.size
+        tasks.collate(split.encoded[i : i + 4], rows="shared", max_length=cfg.max_length).input_ids.size
         for i in range(0, len(split.encoded), 4)
     ]
     assert sum(padded) < sum(in_order)
+
+
+def test_one_row_per_example_gives_the_losses_and_predictions_of_a_row_per_candidate(tiny_model, tmp_path):
+    """Single-token candidates (the default task's " great" / " terrible") scored from
+    their context's last position match a full forward pass per candidate."""
+    cfg = small_config(tiny_model, tmp_path / "run")
+    model = train.load_model(cfg)
+    data = train.load_data(cfg, model.tokenizer)
+    trainable = train.make_trainable(cfg, model)
+    shared, chosen = train.train_batch(cfg, data.train.encoded, 0)
+    per_candidate = tasks.collate([data.train.encoded[i] for i in chosen], max_length=cfg.max_length)
+    assert shared.input_ids.shape[0] * 2 == per_candidate.input_ids.shape[0]
+    loss = train.make_loss(cfg, model, trainable, data.train)
+    losses = [loss(trainable.base, trainable.params, b, chosen) for b in (shared, per_candidate)]
+    np.testing.assert_allclose(losses[0], losses[1], rtol=1e-5)
+    predict = train.make_predict(trainable)
+    predictions = [predict(trainable.base, trainable.params, b) for b in (shared, per_candidate)]
+    assert predictions[0].tolist() == predictions[1].tolist()
 
 
 SHARED_DATA = ROOT.parent / "shared" / "data"

@@ -198,7 +198,7 @@ def train_batch(cfg, encoded: list, step: int) -> tuple[tasks.Batch, np.ndarray]
     per_epoch = max(len(encoded) // cfg.batch_size, 1)
     epoch, i = divmod(step, per_epoch)
     order = np.random.default_rng([cfg.seed, epoch]).permutation(len(encoded))
-    rows = {"lm": "gold", "f1": "context"}.get(cfg.objective, "all")
+    rows = {"lm": "gold", "f1": "context"}.get(cfg.objective) or tasks.scoring_rows(encoded)
     chosen = order[i * cfg.batch_size : (i + 1) * cfg.batch_size]
     return tasks.collate([encoded[j] for j in chosen], rows=rows, max_length=cfg.max_length), chosen
 
@@ -309,6 +309,7 @@ def evaluate(cfg, model, trainable: Trainable, params, split: Split, predict_fn,
     total = 0.0
     # Batches of similar lengths pad less: RTE's test set scores half the padded tokens.
     order = sorted(range(len(split.encoded)), key=lambda i: split.encoded[i].length)
+    rows = tasks.scoring_rows(split.encoded)
     for start in range(0, len(order), cfg.eval_batch_size):
         indices = order[start : start + cfg.eval_batch_size]
         chunk = [split.encoded[i] for i in indices]
@@ -320,7 +321,7 @@ def evaluate(cfg, model, trainable: Trainable, params, split: Split, predict_fn,
             examples = [split.examples[i] for i in indices]
             total += sum(tasks.metrics.f1(p, ex.answers) for p, ex in zip(tasks.decode_answers(model.tokenizer, tokens), examples))
         else:
-            batch = tasks.collate(chunk, max_length=cfg.max_length)
+            batch = tasks.collate(chunk, rows=rows, max_length=cfg.max_length)
             total += int(np.sum(sharding.to_host(predict_fn(trainable.base, params, put(batch))) == batch.gold))
     return total / len(split.encoded)
 

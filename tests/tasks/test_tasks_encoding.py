@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from zojax.tasks import Encoded, batches, collate, decode_answers, encode, load_task, padded_length, read_file
+from zojax.tasks import Encoded, batches, collate, decode_answers, encode, load_task, padded_length, read_file, scoring_rows
 from zojax.tasks.templates import Example
 
 
@@ -83,6 +83,17 @@ def test_collate_gold_and_context_rows():
     assert not prompts.target_mask.any() and not prompts.candidate_mask.any()
     with pytest.raises(ValueError, match="no gold"):
         collate([Encoded([1], [[2]], -1)], rows="gold")
+
+
+def test_shared_rows_need_single_token_candidates():
+    single = [Encoded([1, 2], [[3], [4]], 0), Encoded([5], [[6], [7], [8]], 2)]
+    assert scoring_rows(single) == "shared" and scoring_rows(ENCODED) == "all"
+    batch = collate(single, rows="shared", bucket=4)
+    assert batch.input_ids.tolist() == [[1, 2, 0, 0], [5, 0, 0, 0]]
+    assert batch.candidate_mask.tolist() == [[True, True, False], [True, True, True]]
+    assert collate(ENCODED).candidate_ids.shape == (2, 0)
+    with pytest.raises(ValueError, match=r"example 0: rows='shared' needs .* candidate lengths \[1, 2\]"):
+        collate(ENCODED, rows="shared")
 
 
 def test_batches_pad_to_their_own_bucket():

@@ -79,3 +79,30 @@ def test_predict_uses_the_mean_log_likelihood():
 def test_candidate_scores_mask_missing_candidates():
     scores = scoring.candidate_scores(jnp.arange(5.0), BATCH)
     assert scores.tolist() == [[0.0, 1.0, -np.inf], [2.0, 3.0, 4.0]]
+
+
+def _causal_logits(input_ids, seed=1):
+    """A causal toy model: position t's logits depend on the tokens up to t only."""
+    rng = np.random.default_rng(seed)
+    embed, head = rng.normal(size=(VOCAB, 8)), rng.normal(size=(8, VOCAB))
+    return jnp.asarray(np.cumsum(embed[input_ids], axis=1) @ head, jnp.float32)
+
+
+def test_shared_rows_score_single_token_candidates_like_a_row_per_candidate():
+    encoded = [
+        Encoded(context=[5, 6, 7], candidates=[[8], [9]], gold=1),
+        Encoded(context=[11], candidates=[[12], [13], [14]], gold=2),
+    ]
+    per_candidate, shared = collate(encoded, bucket=8), collate(encoded, rows="shared", bucket=8)
+    assert shared.input_ids.shape[0] == 2 and per_candidate.input_ids.shape[0] == 5
+    assert [np.flatnonzero(row).tolist() for row in shared.target_mask] == [[2], [0]]
+    assert shared.candidate_ids.tolist() == [[8, 9, 0], [12, 13, 14]]
+    scores = [scoring.example_scores(_causal_logits(b.input_ids), b) for b in (per_candidate, shared)]
+    np.testing.assert_allclose(scores[1], scores[0], rtol=1e-5)
+    assert scores[1][0, 2] == -np.inf
+    for fn in (scoring.classification_loss, scoring.predict):
+        np.testing.assert_allclose(
+            fn(_causal_logits(shared.input_ids), shared), fn(_causal_logits(per_candidate.input_ids), per_candidate), rtol=1e-5
+        )
+    with pytest.raises(ValueError, match="lm_loss needs rows holding the candidate tokens"):
+        scoring.lm_loss(_causal_logits(shared.input_ids), shared)

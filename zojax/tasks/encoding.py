@@ -39,6 +39,9 @@ class Batch(NamedTuple):
       candidate_index: int32 [N], the row's candidate within its example.
       candidate_mask: bool [E, C], True for the (example, candidate) pairs that have a row.
       gold: int32 [E], the gold candidate of each example (-1: unlabelled).
+      candidate_ids: int32 [E, C], each candidate's single token, when the rows are the
+        contexts alone and score every candidate at their last position (rows="shared");
+        [E, 0] otherwise.
     """
 
     input_ids: np.ndarray
@@ -48,6 +51,7 @@ class Batch(NamedTuple):
     candidate_index: np.ndarray
     candidate_mask: np.ndarray
     gold: np.ndarray
+    candidate_ids: np.ndarray
 
 
 def encode(examples: Sequence[Example], tokenizer: Any, max_length: int = 2048) -> list[Encoded]:
@@ -96,15 +100,22 @@ def collate(
 ) -> Batch:
     """Pad examples into one :class:`Batch`, to their own longest row rounded up by ``bucket``.
 
-    ``rows``: "all" (a row per candidate: scoring and classification loss), "gold"
+    ``rows``: "all" (a row per candidate: scoring and classification loss), "shared"
+    (a row per example, its context, scoring single-token candidates from the logits at
+    the context's last position: the same scores from one row instead of C), "gold"
     (the gold candidate only: LM loss) or "context" (the context alone, no targets:
-    right-padded prompts for generation).
+    right-padded prompts for generation). :func:`scoring_rows` picks "shared" or "all".
     """
-    if rows not in ("all", "gold", "context"):
-        raise ValueError(f"rows must be 'all', 'gold' or 'context', got {rows!r}")
+    if rows not in ("all", "shared", "gold", "context"):
+        raise ValueError(f"rows must be 'all', 'shared', 'gold' or 'context', got {rows!r}")
     items = []  # (example, candidate, token ids, context length)
     for e, enc in enumerate(encoded):
-        if rows == "context":
+        if rows == "shared" and (not enc.context or any(len(c) != 1 for c in enc.candidates)):
+            raise ValueError(
+                f"example {e}: rows='shared' needs a context and single-token candidates, got context "
+                f"length {len(enc.context)} and candidate lengths {[len(c) for c in enc.candidates]}"
+            )
+        if rows in ("context", "shared"):
             picks = [(0, [])]
         elif rows == "gold":
             if enc.gold < 0:
@@ -121,14 +132,31 @@ def collate(
     for r, (_, _, ids, n_context) in enumerate(items):
         input_ids[r, : len(ids)] = ids
         attention_mask[r, : len(ids)] = 1
-        target_mask[r, n_context - 1 : len(ids) - 1] = True
+        if rows == "shared":
+            target_mask[r, n_context - 1] = True  # the logits there score every candidate
+        else:
+            target_mask[r, n_context - 1 : len(ids) - 1] = True
     example_index = np.array([e for e, _, _, _ in items], np.int32)
     candidate_index = np.array([c for _, c, _, _ in items], np.int32)
     candidate_mask = np.zeros((len(encoded), max(len(enc.candidates) for enc in encoded)), bool)
-    if rows != "context":
+    candidate_ids = np.zeros((len(encoded), candidate_mask.shape[1] if rows == "shared" else 0), np.int32)
+    if rows == "shared":
+        for e, enc in enumerate(encoded):
+            candidate_mask[e, : len(enc.candidates)] = True
+            candidate_ids[e, : len(enc.candidates)] = [c[0] for c in enc.candidates]
+    elif rows != "context":
         candidate_mask[example_index, candidate_index] = True
     gold = np.array([enc.gold for enc in encoded], np.int32)
-    return Batch(input_ids, attention_mask, target_mask, example_index, candidate_index, candidate_mask, gold)
+    return Batch(
+        input_ids, attention_mask, target_mask, example_index, candidate_index, candidate_mask, gold, candidate_ids
+    )
+
+
+def scoring_rows(encoded: Sequence[Encoded]) -> str:
+    """The :func:`collate` rows that score ``encoded``'s candidates with the fewest rows:
+    "shared" when every candidate is a single token (SST-2, RTE, CB, BoolQ, ...), else "all"."""
+    single = all(enc.context and all(len(c) == 1 for c in enc.candidates) for enc in encoded)
+    return "shared" if single else "all"
 
 
 def batches(

@@ -33,6 +33,19 @@ def candidate_scores(row_scores: jax.Array, batch: Batch) -> jax.Array:
     return scores.at[batch.example_index, batch.candidate_index].set(row_scores)
 
 
+def example_scores(logits: jax.Array, batch: Batch, score: str = "mean") -> jax.Array:
+    """[E, C]: the ``"mean"`` or ``"sum"`` of each candidate's token log-likelihoods, -inf
+    where an example has fewer candidates. With rows="shared" each row is a context and
+    its last position's logits score every single-token candidate (mean = sum)."""
+    if batch.candidate_ids.shape[1]:
+        position = jnp.argmax(batch.target_mask, axis=1)
+        last = jnp.take_along_axis(logits, position[:, None, None], axis=1)[:, 0].astype(jnp.float32)
+        picked = jnp.take_along_axis(last, batch.candidate_ids, axis=1) - jax.nn.logsumexp(last, -1, keepdims=True)
+        return jnp.where(batch.candidate_mask, picked, -jnp.inf)
+    total, mean = candidate_logliks(logits, batch)
+    return candidate_scores({"mean": mean, "sum": total}[score], batch)
+
+
 def classification_loss(logits: jax.Array, batch: Batch, score: str = "mean") -> jax.Array:
     """Cross-entropy of the gold candidate among each example's candidates, mean over examples.
 
@@ -40,14 +53,15 @@ def classification_loss(logits: jax.Array, batch: Batch, score: str = "mean") ->
     MeZO's classification-style training and the prediction rule, or their ``"sum"``.
     ``score`` must be static under ``jit``; every example must have a gold candidate.
     """
-    total, mean = candidate_logliks(logits, batch)
-    scores = candidate_scores({"mean": mean, "sum": total}[score], batch)
+    scores = example_scores(logits, batch, score)
     logp = jax.nn.log_softmax(scores, axis=-1)
     return -jnp.take_along_axis(logp, batch.gold[:, None], axis=-1).mean()
 
 
 def lm_loss(logits: jax.Array, batch: Batch) -> jax.Array:
     """Mean negative log-likelihood of the gold candidates' tokens (averaged over all of them)."""
+    if batch.candidate_ids.shape[1]:
+        raise ValueError("lm_loss needs rows holding the candidate tokens (collate rows='gold'), got rows='shared'")
     is_gold = batch.candidate_index == batch.gold[batch.example_index]
     mask = batch.target_mask & is_gold[:, None]
     logprobs = jnp.where(mask, token_logprobs(logits, batch.input_ids), 0.0)
@@ -56,8 +70,7 @@ def lm_loss(logits: jax.Array, batch: Batch) -> jax.Array:
 
 def predict(logits: jax.Array, batch: Batch) -> jax.Array:
     """[E]: the candidate with the highest mean token log-likelihood, per example."""
-    _, mean = candidate_logliks(logits, batch)
-    return jnp.argmax(candidate_scores(mean, batch), axis=-1)
+    return jnp.argmax(example_scores(logits, batch), axis=-1)
 
 
 def accuracy(predictions: jax.Array, gold: jax.Array) -> jax.Array:
