@@ -24,6 +24,11 @@ class Encoded:
         """Tokens in the longest row: the context and its longest candidate."""
         return len(self.context) + max(map(len, self.candidates), default=0)
 
+    @property
+    def single_token(self) -> bool:
+        """A context and single-token candidates: one row can score them all (rows="shared")."""
+        return bool(self.context) and all(len(c) == 1 for c in self.candidates)
+
 
 class Batch(NamedTuple):
     """Right-padded rows of ``context + candidate`` tokens; a JAX pytree of numpy arrays.
@@ -110,7 +115,7 @@ def collate(
         raise ValueError(f"rows must be 'all', 'shared', 'gold' or 'context', got {rows!r}")
     items = []  # (example, candidate, token ids, context length)
     for e, enc in enumerate(encoded):
-        if rows == "shared" and (not enc.context or any(len(c) != 1 for c in enc.candidates)):
+        if rows == "shared" and not enc.single_token:
             raise ValueError(
                 f"example {e}: rows='shared' needs a context and single-token candidates, got context "
                 f"length {len(enc.context)} and candidate lengths {[len(c) for c in enc.candidates]}"
@@ -155,8 +160,7 @@ def collate(
 def scoring_rows(encoded: Sequence[Encoded]) -> str:
     """The :func:`collate` rows that score ``encoded``'s candidates with the fewest rows:
     "shared" when every candidate is a single token (SST-2, RTE, CB, BoolQ, ...), else "all"."""
-    single = all(enc.context and all(len(c) == 1 for c in enc.candidates) for enc in encoded)
-    return "shared" if single else "all"
+    return "shared" if all(enc.single_token for enc in encoded) else "all"
 
 
 def batches(
