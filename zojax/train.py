@@ -34,11 +34,12 @@ import optax
 
 import zojax
 from zojax import sharding, tasks
+from zojax.optim import registry
 from zojax.tasks import scoring
 
-ZO_OPTIMIZERS = ("mezo", "lozo", "lozo-m", "adamezo", "adamezo-lowrank")
-FO_OPTIMIZERS = ("adam", "sgd")
-OPTIMIZERS = ZO_OPTIMIZERS + FO_OPTIMIZERS
+ZO_OPTIMIZERS = registry.names(zeroth_order=True)
+FO_OPTIMIZERS = registry.names(zeroth_order=False)
+OPTIMIZERS = registry.names()
 MODES = ("full", "lora", "prefix")
 OBJECTIVES = ("classification", "lm", "f1")
 DEFAULT_MODEL = "smollm2-135m"
@@ -143,23 +144,13 @@ def distributed_arguments(spec: str) -> dict | None:
 
 
 def make_optimizer(cfg, params, stacked) -> optax.GradientTransformation:
-    """The optimizer named by ``cfg.optimizer``; weight decay skips biases and norms."""
-    mask = zojax.decay_mask(params, stacked)
-    common = dict(stacked=stacked, key=cfg.seed)
-    direction = {
-        "mezo": lambda: zojax.scale_by_mezo(cfg.eps, sampler=cfg.sampler, **common),
-        "lozo": lambda: zojax.scale_by_lozo(cfg.eps, cfg.rank, cfg.nu, base_sampler=cfg.sampler, **common),
-        "lozo-m": lambda: zojax.scale_by_lozo(cfg.eps, cfg.rank, cfg.nu, cfg.momentum, base_sampler=cfg.sampler, **common),
-        "adamezo": lambda: zojax.scale_by_adamezo(cfg.eps, cfg.b1, cfg.b2, cfg.horizon, sampler=cfg.sampler, **common),
-        "adamezo-lowrank": lambda: zojax.scale_by_adamezo(
-            cfg.eps, cfg.b1, cfg.b2, cfg.horizon,
-            sampler=zojax.LowRank(cfg.rank, cfg.nu, zojax.perturb.get_sampler(cfg.sampler)), **common,
-        ),
-        "adam": lambda: optax.scale_by_adam(),
-        "sgd": lambda: optax.identity(),
-    }[cfg.optimizer]()
-    decay = optax.add_decayed_weights(cfg.weight_decay, mask) if cfg.weight_decay else optax.identity()
-    return optax.chain(direction, decay, optax.scale_by_learning_rate(cfg.learning_rate))
+    """The optimizer named by ``cfg.optimizer`` (``zojax.optim.registry``); weight decay
+    skips biases and norms."""
+    hyperparams = {k: cfg[k] for k in registry.HYPERPARAMS if k in cfg}
+    return registry.optimizer(
+        cfg.optimizer, cfg.learning_rate, weight_decay=cfg.weight_decay, decay_mask=zojax.decay_mask(params, stacked),
+        stacked=stacked, key=cfg.seed, **hyperparams,
+    )
 
 
 # --------------------------------------------------------------------------- data

@@ -1,0 +1,139 @@
+"""The one table from optimizer names to optax transformations, used by the fine-tuning
+loop, the comparisons and the benchmarks.
+
+    tx = registry.optimizer("lozo", 1e-6, stacked=model.stacked, key=0, rank=2, nu=50)
+    d = registry.direction("adamezo", horizon=10)       # before the learning rate, for chains
+
+Hyperparameters a name does not read are ignored, so one config can hold them all;
+unknown hyperparameter names are refused.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import optax
+
+from zojax import perturb as P
+from zojax.optim.adamezo import scale_by_adamezo
+from zojax.optim.common import decay_mask as default_decay_mask
+from zojax.optim.lozo import scale_by_lozo
+from zojax.optim.mezo import scale_by_mezo
+
+# Every hyperparameter an entry may read, with its default.
+HYPERPARAMS: dict[str, Any] = dict(
+    eps=1e-3,  # perturbation scale ε
+    sampler="gaussian",  # z's distribution (zojax.perturb.get_sampler names)
+    num_directions=1,  # q two-point estimates averaged per step
+    rank=2,  # LOZO's r
+    nu=50,  # LOZO's ν: steps between redraws of V
+    momentum=0.9,  # LOZO-M's β
+    b1=0.7,  # AdaMeZO's β1
+    b2=0.9,  # AdaMeZO's β2
+    horizon=10,  # AdaMeZO's h: (counter, c) pairs replayed
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+    """``build(h, stacked, key)`` -> the direction transformation; ``h`` holds every
+    hyperparameter of HYPERPARAMS."""
+
+    build: Callable[[dict, P.Stacked, Any], optax.GradientTransformation]
+    zeroth_order: bool
+    doc: str
+
+
+def _lowrank(h) -> P.LowRank:
+    return P.LowRank(h["rank"], h["nu"], P.get_sampler(h["sampler"]))
+
+
+REGISTRY: dict[str, Entry] = {
+    "mezo": Entry(
+        lambda h, stacked, key: scale_by_mezo(
+            h["eps"], num_directions=h["num_directions"], sampler=h["sampler"], stacked=stacked, key=key
+        ),
+        True,
+        "MeZO: ZO-SGD along dense Gaussian z (Malladi et al. 2023)",
+    ),
+    "lozo": Entry(
+        lambda h, stacked, key: scale_by_lozo(
+            h["eps"], h["rank"], h["nu"], base_sampler=h["sampler"], stacked=stacked, key=key
+        ),
+        True,
+        "LOZO: low-rank z = U Vᵀ, V redrawn every ν steps (Chen et al. 2024)",
+    ),
+    "lozo-m": Entry(
+        lambda h, stacked, key: scale_by_lozo(
+            h["eps"], h["rank"], h["nu"], h["momentum"], base_sampler=h["sampler"], stacked=stacked, key=key
+        ),
+        True,
+        "LOZO-M: LOZO with momentum in the low-rank factor (Chen et al. 2024)",
+    ),
+    "adamezo": Entry(
+        lambda h, stacked, key: scale_by_adamezo(
+            h["eps"], h["b1"], h["b2"], h["horizon"], sampler=h["sampler"], stacked=stacked, key=key
+        ),
+        True,
+        "AdaMeZO: Adam moments replayed from the last h (key, c) pairs (Cai et al. 2026)",
+    ),
+    "adamezo-lowrank": Entry(
+        lambda h, stacked, key: scale_by_adamezo(
+            h["eps"], h["b1"], h["b2"], h["horizon"], sampler=_lowrank(h), stacked=stacked, key=key
+        ),
+        True,
+        "AdaMeZO along LOZO's low-rank z",
+    ),
+    "adam": Entry(lambda h, stacked, key: optax.scale_by_adam(), False, "first-order Adam (backpropagation)"),
+    "sgd": Entry(lambda h, stacked, key: optax.identity(), False, "first-order SGD (backpropagation)"),
+}
+
+
+def names(zeroth_order: bool | None = None) -> tuple[str, ...]:
+    """Registered names; only ZO (True) or only first-order (False) ones if asked."""
+    return tuple(n for n, e in REGISTRY.items() if zeroth_order is None or e.zeroth_order == zeroth_order)
+
+
+def get(name: str) -> Entry:
+    if name not in REGISTRY:
+        raise ValueError(f"unknown optimizer {name!r}; choose one of {list(REGISTRY)}")
+    return REGISTRY[name]
+
+
+def is_zeroth_order(name: str) -> bool:
+    return get(name).zeroth_order
+
+
+def _hyperparams(given: dict) -> dict:
+    unknown = sorted(set(given) - set(HYPERPARAMS))
+    if unknown:
+        raise ValueError(f"unknown hyperparameter(s) {unknown}; known: {sorted(HYPERPARAMS)}")
+    return {**HYPERPARAMS, **given}
+
+
+def direction(name: str, *, stacked: P.Stacked = None, key=0, **hyperparams) -> optax.GradientTransformation:
+    """The update direction of ``name`` (before weight decay and the learning rate)."""
+    return get(name).build(_hyperparams(hyperparams), stacked, key)
+
+
+def optimizer(
+    name: str,
+    learning_rate: optax.ScalarOrSchedule,
+    *,
+    weight_decay: float = 0.0,
+    decay_mask=None,
+    stacked: P.Stacked = None,
+    key=0,
+    **hyperparams,
+) -> optax.GradientTransformation:
+    """``chain(direction, decoupled weight decay, learning rate)``: the update rule
+    θ ← θ − η (d + λ θ) with d the direction of ``name``. ``decay_mask`` (a tree of bools or
+    a function of params) defaults to :func:`zojax.decay_mask` (no decay on biases and norms).
+    """
+    parts = [direction(name, stacked=stacked, key=key, **hyperparams)]
+    if weight_decay:
+        mask = decay_mask if decay_mask is not None else (lambda params: default_decay_mask(params, stacked))
+        parts.append(optax.add_decayed_weights(weight_decay, mask))
+    parts.append(optax.scale_by_learning_rate(learning_rate))
+    return optax.chain(*parts)
