@@ -252,6 +252,20 @@ def test_missing_path_is_not_mistaken_for_hub_id(tmp_path):
         zojax.models.load(tmp_path / "nowhere" / "model")
 
 
+def test_missing_local_path_is_never_fetched_from_the_hub(tmp_path, monkeypatch):
+    """`runs/ckpt` looks like a hub id, but `runs` is a local folder: the error names the path."""
+    import huggingface_hub
+
+    def download(*args, **kwargs):
+        raise AssertionError("the hub was asked for a local path")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", download)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    with pytest.raises(FileNotFoundError, match=r"runs/ckpt: no such file.*'runs' is a local folder"):
+        zojax.models.load("runs/ckpt")
+
+
 def test_sharded_loading_reads_slices_and_equals_unsharded(tiny_dir, batch):
     """8 CPU devices; stacked weights sharded over their last (out) axis, the rest replicated."""
     ids, mask = batch

@@ -87,6 +87,22 @@ def test_hook_inside_scan_equals_perturbing_up_front(loaded, batch, name):
     assert m.stacked == {k: k == "layers" for k in m.params} and m.stacked["layers"]
 
 
+@pytest.mark.parametrize("name", ["opt", "llama_gqa_tied"])
+def test_optimizer_hook_on_small_tied_vocabulary(loaded, batch, name):
+    """A tied vocabulary of 101 rows (under one unembedding chunk) read through the optimizer's
+    row-wise hook gives the logits of the model perturbed up front."""
+    from zojax import perturb
+
+    m, _ = loaded(name)
+    ids, mask = batch
+    sampler, key = perturb.Gaussian(), perturb.as_key(3)
+    hook = perturb.make_param_hook(sampler, key, 2, 0.05)
+    hooked = jax.jit(lambda p: m.apply(p, ids, mask, param_hook=hook))(m.params)
+    moved = m.apply(perturb.perturb(m.params, sampler, key, 2, 0.05, m.stacked), ids, mask)
+    np.testing.assert_allclose(hooked, moved, atol=2e-5, rtol=1e-5)
+    assert np.abs(np.asarray(hooked) - np.asarray(m.apply(m.params, ids, mask))).max() > 1e-2
+
+
 def _greedy_without_cache(m, ids, mask, n):
     """Greedy decoding by re-running the full forward; the growing sequence sits in a
     right-padded buffer so that every step has the same shape (one compilation)."""

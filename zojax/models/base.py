@@ -85,6 +85,7 @@ def unembed(h, p, tied: bool, chunk: int = 8192):
     if not isinstance(table, HookedTable):
         return jnp.einsum("btd,vd->btv", h, table["embedding"], preferred_element_type=jnp.float32)
     vocab = table.params["embedding"].shape[0]
+    chunk = min(chunk, vocab)
 
     def part(start, size):
         rows = table.rows(start + jnp.arange(size))["embedding"]

@@ -193,6 +193,11 @@ def _resolve(path_or_hub_id) -> Path:
     hub_id = str(path_or_hub_id)
     if not re.fullmatch(r"[\w.-]+/[\w.-]+", hub_id):
         raise FileNotFoundError(f"{hub_id}: no such file or folder (and not a hub id like 'org/name')")
+    if Path(hub_id.split("/")[0]).exists():
+        raise FileNotFoundError(
+            f"{hub_id}: no such file or folder (not fetched from the hub: {hub_id.split('/')[0]!r} is a local "
+            f"folder, so this names a local path)"
+        )
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
 
@@ -320,9 +325,9 @@ def _tokenizer(folder: Path, gguf_file: str | None = None):
     from transformers import AutoTokenizer
 
     if gguf_file:
-        return AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
+        return AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file, trust_remote_code=False)
     if any((folder / f).exists() for f in TOKENIZER_FILES):
-        return AutoTokenizer.from_pretrained(folder)
+        return AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
     return None
 
 
