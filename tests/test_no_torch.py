@@ -30,3 +30,17 @@ def test_loading_the_default_model_and_tokenizing_do_not_import_torch():
         "assert ids and m.tokenizer.decode(ids[0]) == 'It was great.', ids\n"
     )
     assert torch_modules_after(code) == ""
+
+
+def test_bin_only_checkpoint_without_torch_names_the_extra(tmp_path, monkeypatch):
+    import json
+
+    import zojax.models
+
+    config = dict(model_type="llama", vocab_size=11, hidden_size=8, intermediate_size=16, num_hidden_layers=1,
+                  num_attention_heads=2, num_key_value_heads=2, rms_norm_eps=1e-5, max_position_embeddings=16)
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    (tmp_path / "pytorch_model.bin").write_bytes(b"not read")
+    monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` now fails as if absent
+    with pytest.raises(ModuleNotFoundError, match=r"only PyTorch \.bin weights.*pip install 'zojax\[torch\]'"):
+        zojax.models.load(tmp_path)

@@ -206,3 +206,9 @@ def test_offline_hub_error_says_what_to_do():
     )
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert "hub is unreachable" in out.stdout and "pass data_dir=" in out.stdout, out.stderr
+
+
+def test_hub_loading_without_datasets_names_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "datasets", None)  # `import datasets` now fails as if absent
+    with pytest.raises(ModuleNotFoundError, match=r"pip install 'zojax\[hub\]', or pass data_dir="):
+        load_task("rte")

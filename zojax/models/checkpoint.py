@@ -79,7 +79,13 @@ class _SafetensorsReader:
 
 class _TorchReader:
     def __init__(self, files: list[Path]):
-        import torch
+        try:
+            import torch
+        except ImportError:
+            raise ModuleNotFoundError(
+                f"{files[0].parent} holds only PyTorch .bin weights, which need torch: pip install 'zojax[torch]' "
+                "(or convert the folder to safetensors where torch is installed)"
+            ) from None
 
         self._tensors = {}
         for path in files:

@@ -164,9 +164,15 @@ def _local_split(task: Task, folder: Path, split: str) -> Path | None:
 
 
 def _hub_split(task: Task, split: str) -> list[Example]:
-    import datasets
-
     where = "/".join(filter(None, task.hub))
+    try:
+        import datasets
+    except ImportError:
+        raise ModuleNotFoundError(
+            f"loading task {task.name!r} from the Hugging Face hub ({where}) needs the datasets package: "
+            f"pip install 'zojax[hub]', or pass data_dir= pointing to the task's files (e.g. {task.folder}/"
+            f"{task.files['validation'][0]})"
+        ) from None
     try:
         rows = datasets.load_dataset(*task.hub, split=split)
     except ConnectionError as e:
