@@ -42,7 +42,8 @@ import jax
 import jax.numpy as jnp
 
 from zojax import perturb
-from zojax.models.base import Model, ParamHook, keys_values
+from zojax.models.base import Model, keys_values
+from zojax.perturb import ParamHook
 
 
 def _attach(base: dict, extra: dict) -> dict:

@@ -43,6 +43,24 @@ class Sampler(Protocol):
     def __call__(self, key: jax.Array, counter: jax.Array, shape: tuple[int, ...]) -> jax.Array: ...
 
 
+class ParamHook(Protocol):
+    """What a model does to its parameters where it uses them: the optimizer's perturbation
+    (:func:`make_param_hook`), a sharding constraint (``zojax.sharding.gather_hook``), or both.
+
+    ``hook(path, subtree, layer)`` returns ``subtree`` as the model should use it: ``path`` is the
+    tuple of keys from the root of the parameter tree to ``subtree``, ``layer`` is ``None`` for an
+    unstacked subtree or the (traced) int32 index when ``subtree`` is one layer's slice of a
+    stacked subtree. A hook may also have ``rows(path, subtree, ids)``: rows ``ids`` (an int
+    array) of each leaf of the (unstacked) ``subtree``, as ``hook`` would turn them, computed
+    for those rows only; models read embedding tables through it.
+
+    A value function takes a hook through a ``param_hook`` keyword (see
+    ``zojax.estimate.takes_param_hook``).
+    """
+
+    def __call__(self, path: tuple[str, ...], subtree: PyTree, layer: jax.Array | None = None) -> PyTree: ...
+
+
 # ---------------------------------------------------------------------------------------
 # Keys and leaf bookkeeping
 

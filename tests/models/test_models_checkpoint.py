@@ -109,21 +109,16 @@ def test_mismatched_checkpoint_reports_every_problem_at_once(tiny_dir, tmp_path)
 @pytest.mark.parametrize(
     "name, change, named",
     [
-        ("llama_untied", {"attention_bias": True}, "attention_bias=True"),
-        ("llama_untied", {"mlp_bias": True}, "mlp_bias=True"),
         ("llama_untied", {"hidden_act": "gelu"}, "hidden_act='gelu'"),
         ("llama_untied", {"sliding_window": 4096}, "sliding_window=4096"),
+        ("llama_untied", {"attn_logit_softcapping": 50.0}, "attn_logit_softcapping=50.0"),
+        ("llama_untied", {"rope_interleaved": True}, "rope_interleaved=True"),
         (
             "llama_untied",
             {"rope_parameters": {"rope_type": "yarn", "rope_theta": 1e4, "factor": 2.0}},
             "rope_type='yarn'",
         ),
-        (
-            "llama_untied",
-            {"rope_parameters": None, "rope_theta": 1e4, "rope_scaling": {"type": "linear", "factor": 2.0}},
-            "rope_type='linear'",
-        ),
-        ("llama_untied", {"model_type": "mistral"}, "'mistral'"),
+        ("llama_untied", {"model_type": "gemma"}, "'gemma'"),
         ("opt", {"activation_function": "gelu"}, "activation_function='gelu'"),
         ("opt", {"enable_bias": False}, "enable_bias=False"),
         ("opt", {"layer_norm_elementwise_affine": False}, "layer_norm_elementwise_affine=False"),

@@ -1,24 +1,24 @@
-"""The decoder driver shared by all architectures: forward pass, KV-cache generation, `Model`.
+"""The decoder driver shared by all families: forward pass, KV-cache generation, `Model`.
 
-An architecture is a frozen config dataclass with these methods, all pure:
+A family's model is a `flax.nnx` module (`zojax.models.llama.LlamaForCausalLM`, ...) with
 
-- `embed(p, input_ids, positions) -> (h, aux)`: token (and position) embeddings; `aux` is
-  anything the layers need besides their parameters (LLaMA: RoPE tables).
-- `qkv(lp, h, aux) -> (q, k, v)`: the layer up to attention, `q [B, T, N, D]`,
-  `k, v [B, T, K, D]` (K divides N: grouped-query attention).
-- `finish(lp, h, o) -> h`: the rest of the layer, `o [B, T, N * D]` being the attention output.
-- `logits(p, h) -> [B, T, V] float32`.
+- `embed(input_ids, positions, tables) -> (h, aux)`: token (and position) embeddings; `aux` is
+  anything the layers need besides their parameters (LLaMA: RoPE tables);
+- `layers`: one decoder layer whose parameters are stacked on a leading layer axis, with
+  `qkv(h, aux) -> (q, k, v)` (`q [B, T, N, D]`, `k, v [B, T, K, D]`, K dividing N) and
+  `finish(h, o) -> h` (`o [B, T, N * D]` the attention output), and an optional `prefix`;
+- `logits(h, tables) -> [B, T, V] float32`, and `config` (`kv_shape`, `layer_windows()`).
 
-and a property `kv_shape = (K, D)` for the KV cache.
+`tables` maps the name of a top-level embedding table to its row reader when the model runs
+under a parameter hook with a row form (see `forward`). The driver runs the layers under
+`jax.lax.scan`: one layer is traced and compiled whatever the depth, and the hook is applied to
+each layer's slice inside the scan body, where it is used.
 
-`p` is the top-level parameter dict (without 'layers'), `lp` one layer's slice of
-`params['layers']`. Positions come from the attention mask: the i-th non-pad token of a row has
-position i, so a sequence gets the same logits whether it is left-padded, right-padded or alone.
+Positions come from the attention mask: the i-th non-pad token of a row has position i, so a
+sequence gets the same logits whether it is left-padded, right-padded or alone.
 
-Two optional extras in a layer's parameters carry `zojax.peft` adapters: a Dense dict with
-`lora_a` [in, r] and `lora_b` [r, out] adds `(x @ lora_a) @ lora_b` (see `dense`), and
-`lp['prefix'] = {'key', 'value'}: [P, K, D]` is prepended to the layer's keys and values and
-attended by every query (see `_run_layers`).
+The optimizer sees `Model.params`, the plain pytree of the module's `nnx.Param` state
+(`nnx.to_pure_dict`); `Model.module` is the nnx module over the same arrays.
 """
 
 from __future__ import annotations
@@ -26,92 +26,15 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
-ParamHook = Callable[[tuple[str, ...], Any, Any], Any]
-
-
-def rms_norm(x, scale, eps):
-    """RMSNorm computed in float32 and cast back before the scale (as in transformers)."""
-    x32 = x.astype(jnp.float32)
-    x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
-    return x32.astype(x.dtype) * scale
-
-
-def layer_norm(x, p, eps=1e-5):
-    """LayerNorm with `p = {'scale', 'bias'}`, statistics in float32."""
-    x32 = x.astype(jnp.float32)
-    mean = jnp.mean(x32, axis=-1, keepdims=True)
-    var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
-    y = (x32 - mean) * jax.lax.rsqrt(var + eps) * p["scale"] + p["bias"]
-    return y.astype(x.dtype)
-
-
-def dense(x, p):
-    """`x @ kernel (+ bias)` with Flax layout: `p = {'kernel': [in, out], 'bias'?: [out]}`, plus
-    the low-rank term `(x @ lora_a) @ lora_b` when `p` also holds `lora_a` [in, r] and `lora_b`
-    [r, out] (LoRA with its scale already in `lora_b`; the kernel is never added to)."""
-    y = x @ p["kernel"]
-    if "lora_a" in p:
-        y = y + (x @ p["lora_a"]) @ p["lora_b"]
-    return y + p["bias"] if "bias" in p else y
-
-
-class HookedTable(NamedTuple):
-    """An embedding table entry `{'embedding': [N, H]}` read through a parameter hook's row form
-    (see `forward`): `rows(ids)` -> the entry with only rows `ids` (any int array), perturbed."""
-
-    params: dict
-    rows: Callable[[Any], dict]
-
-
-def lookup(p, name: str, ids):
-    """Rows `ids` of the table `p[name]['embedding']`: shape `ids.shape + [H]`."""
-    entry = p[name]
-    return entry.rows(ids)["embedding"] if isinstance(entry, HookedTable) else entry["embedding"][ids]
-
-
-def unembed(h, p, tied: bool, chunk: int = 8192):
-    """Float32 logits from the tied `embed_tokens/embedding` [V, H] or `lm_head/kernel` [H, V].
-    A tied table read through a hook is used `chunk` rows at a time, so its perturbed rows
-    exist for one chunk only."""
-    if not tied:
-        return jnp.einsum("btd,dv->btv", h, p["lm_head"]["kernel"], preferred_element_type=jnp.float32)
-    table = p["embed_tokens"]
-    if not isinstance(table, HookedTable):
-        return jnp.einsum("btd,vd->btv", h, table["embedding"], preferred_element_type=jnp.float32)
-    vocab = table.params["embedding"].shape[0]
-    chunk = min(chunk, vocab)
-
-    def part(start, size):
-        rows = table.rows(start + jnp.arange(size))["embedding"]
-        return jnp.einsum("btd,vd->btv", h, rows, preferred_element_type=jnp.float32)
-
-    n, rest = divmod(vocab, chunk)
-    logits = jnp.zeros((*h.shape[:2], vocab), jnp.float32)
-    fill = lambda i, out: jax.lax.dynamic_update_slice_in_dim(out, part(i * chunk, chunk), i * chunk, axis=2)
-    logits = jax.lax.fori_loop(0, n, fill, logits)
-    return logits.at[..., n * chunk :].set(part(n * chunk, rest)) if rest else logits
-
-
-def attention(q, k, v, mask):
-    """Softmax attention with grouped queries.
-
-    q [B, T, N, D], k, v [B, S, K, D], mask [B, T, S] (True = may attend) -> [B, T, N * D].
-    Scores and softmax are float32. A row with nothing to attend to (a padding query) gets a
-    uniform average instead of NaN, so it cannot poison later layers.
-    """
-    b, t, n, d = q.shape
-    kh = k.shape[2]
-    q = q.reshape(b, t, kh, n // kh, d)
-    scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32)
-    scores = jnp.where(mask[:, None, None], scores * d**-0.5, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    return jnp.einsum("bkgts,bskd->btkgd", probs, v).reshape(b, t, n * d)
+from zojax.models.nn import Prefix, attention
+from zojax.perturb import ParamHook
 
 
 def positions_from_mask(mask):
@@ -125,56 +48,56 @@ def _no_hook(path, subtree, layer):
 
 
 def _with_prefix(prefix, k, v, mask):
-    """Prepend a layer's `prefix = {'key', 'value'}: [P, K, D]` to `k, v` [B, S, K, D]; every
+    """Prepend a layer's `prefix` (keys and values [P, K, D]) to `k, v` [B, S, K, D]; every
     query may attend to it, whatever the causal and padding mask [B, T, S] says."""
     b, t = mask.shape[:2]
     grow = lambda p, x: jnp.concatenate([jnp.broadcast_to(p.astype(x.dtype), (b, *p.shape)), x], axis=1)
-    seen = jnp.ones((b, t, prefix["key"].shape[0]), bool)
-    return grow(prefix["key"], k), grow(prefix["value"], v), jnp.concatenate([seen, mask], axis=2)
+    seen = jnp.ones((b, t, prefix.key.shape[0]), bool)
+    return grow(prefix.key[...], k), grow(prefix.value[...], v), jnp.concatenate([seen, mask], axis=2)
 
 
-def _run_layers(config, layers, h, aux, mask, param_hook, cache=None, start=0):
-    """Scan the stacked layers. With a cache `{'k', 'v'}: [L, B, S, K, D]`, this call's keys and
-    values are written at slots `start:start + T` and attention reads the whole cache. A layer's
-    `prefix` keys and values (not cached) come before the others."""
+def _run_layers(model, layers, h, aux, mask, param_hook, positions, cache=None, start=0):
+    """Scan the stacked layers (`layers`: the pure dict of `model.layers`' parameters).
+
+    `positions = (query [B, T], key [B, S])` positions, for sliding windows. With a cache
+    `{'k', 'v'}: [L, B, S, K, D]`, this call's keys and values are written at slots
+    `start:start + T` and attention reads the whole cache. A layer's `prefix` keys and values
+    (not cached) come before the others.
+    """
     n_layers = jax.tree.leaves(layers)[0].shape[0]
+    layer_def = nnx.graphdef(model.layers)
+    windows = model.config.layer_windows()
+    if windows is not None:
+        qpos, kpos = positions
+        distance = qpos[:, :, None] - kpos[:, None, :]
 
     def body(carry, xs):
         h, cache = carry
-        lp, layer = xs
-        lp = param_hook(("layers",), lp, layer)
-        q, k, v = config.qkv(lp, h, aux)
+        lp, index, window = xs
+        layer = nnx.merge(layer_def, param_hook(("layers",), lp, index))
+        q, k, v = layer.qkv(h, aux)
         if cache is not None:
             cache = {
-                c: jax.lax.dynamic_update_slice(cache[c], x[None], (layer, 0, start, 0, 0))
+                c: jax.lax.dynamic_update_slice(cache[c], x[None], (index, 0, start, 0, 0))
                 for c, x in (("k", k), ("v", v))
             }
-            k, v = cache["k"][layer], cache["v"][layer]
-        attend = mask
-        if "prefix" in lp:
-            k, v, attend = _with_prefix(lp["prefix"], k, v, mask)
-        return (config.finish(lp, h, attention(q, k, v, attend)), cache), None
+            k, v = cache["k"][index], cache["v"][index]
+        attend = mask if windows is None else mask & ((window == 0) | (distance < window))
+        if layer.prefix is not None:
+            k, v, attend = _with_prefix(layer.prefix, k, v, attend)
+        return (layer.finish(h, attention(q, k, v, attend)), cache), None
 
-    (h, cache), _ = jax.lax.scan(body, (h, cache), (layers, jnp.arange(n_layers, dtype=jnp.int32)))
+    xs = (layers, jnp.arange(n_layers, dtype=jnp.int32), jnp.asarray(windows or (0,) * n_layers, jnp.int32))
+    (h, cache), _ = jax.lax.scan(body, (h, cache), xs)
     return h, cache
 
 
-def forward(config, params, input_ids, attention_mask=None, *, param_hook: ParamHook | None = None):
-    """Logits `[B, T, V]` (float32) of a causal decoder.
+def _is_table(subtree) -> bool:
+    return isinstance(subtree, Mapping) and list(subtree) == ["embedding"]
 
-    `attention_mask` [B, T] (1 = token, 0 = padding; None = no padding) hides padded keys and
-    sets positions: a token's position is the number of non-pad tokens before it in its row. For
-    OPT this is what transformers computes too; transformers' LLaMA forward uses `arange(T)`
-    unless given `position_ids` (its `generate` passes the mask-derived ones, as here), so the two
-    differ on left-padded rows only. `param_hook(path, subtree, layer)` is called once per top-level entry `k`
-    other than 'layers' as `param_hook((k,), params[k], None)`, and once per layer inside the
-    scan as `param_hook(('layers',), params['layers'] at l, l)` with `l` an int32 scalar; what it
-    returns is used in place of the subtree. None means identity. A hook with a row form
-    `param_hook.rows(path, subtree, ids)` (rows `ids` of each leaf, as the hook would turn them;
-    see `zojax.perturb.make_param_hook`) is not called on embedding tables (entries
-    `{'embedding': [N, H]}`): they are read through it, the rows a lookup needs or, for tied
-    logits, a chunk of rows at a time (see `HookedTable`, `unembed`).
-    """
+
+def decode(graphdef, params, input_ids, attention_mask=None, *, param_hook: ParamHook | None = None):
+    """`forward` on a module given as `nnx.split`'s graph and the pure dict of its parameters."""
     rows = getattr(param_hook, "rows", None)
     param_hook = param_hook or _no_hook
     b, t = input_ids.shape
@@ -182,18 +105,111 @@ def forward(config, params, input_ids, attention_mask=None, *, param_hook: Param
     slots = jnp.arange(t)
     attend = mask[:, None, :] & (slots[None, :] <= slots[:, None])[None]
 
-    def top(k, v):
-        if rows is not None and isinstance(v, Mapping) and list(v) == ["embedding"]:
-            return HookedTable(v, functools.partial(rows, (k,), v))
-        return param_hook((k,), v, None)
+    tables, top = {}, {}
+    for k, v in params.items():
+        if k == "layers":
+            top[k] = v
+        elif rows is not None and _is_table(v):
+            tables[k] = functools.partial(lambda k, v, ids: rows((k,), v, ids)["embedding"], k, v)
+            top[k] = v
+        else:
+            top[k] = param_hook((k,), v, None)
+    model = nnx.merge(graphdef, top)
+    positions = positions_from_mask(mask)
+    h, aux = model.embed(input_ids, positions, tables)
+    h, _ = _run_layers(model, params["layers"], h, aux, attend, param_hook, (positions, positions))
+    return model.logits(h, tables)
 
-    p = {k: top(k, v) for k, v in params.items() if k != "layers"}
-    h, aux = config.embed(p, input_ids, positions_from_mask(mask))
-    h, _ = _run_layers(config, params["layers"], h, aux, attend, param_hook)
-    return config.logits(p, h)
+
+def forward(model: nnx.Module, input_ids, attention_mask=None, *, param_hook: ParamHook | None = None):
+    """Logits `[B, T, V]` (float32) of a family's causal LM module.
+
+    `attention_mask` [B, T] (1 = token, 0 = padding; None = no padding) hides padded keys and
+    sets positions: a token's position is the number of non-pad tokens before it in its row. For
+    OPT this is what transformers computes too; transformers' LLaMA forward uses `arange(T)`
+    unless given `position_ids` (its `generate` passes the mask-derived ones, as here), so the two
+    differ on left-padded rows only.
+
+    `param_hook(path, subtree, layer)` (a `zojax.perturb.ParamHook`) acts on the pure parameter
+    dict: it is called once per top-level entry `k` other than 'layers' as
+    `param_hook((k,), params[k], None)`, and once per layer inside the scan as
+    `param_hook(('layers',), params['layers'] at l, l)` with `l` an int32 scalar; what it returns
+    is used in place of the subtree. None means identity. A hook with a row form
+    `param_hook.rows(path, subtree, ids)` is not called on embedding tables (entries
+    `{'embedding': [N, H]}`): they are read through it, the rows a lookup needs or, for tied
+    logits, a chunk of rows at a time (see `zojax.models.nn.Embed`).
+    """
+    graphdef, state = nnx.split(model)
+    return decode(graphdef, nnx.to_pure_dict(state), input_ids, attention_mask, param_hook=param_hook)
 
 
-_forward = jax.jit(forward, static_argnums=0, static_argnames="param_hook")
+# ----------------------------------------------------------------------------- modules from params
+
+
+def module_class(config) -> type[nnx.Module]:
+    """The nnx module class of a config (`LlamaForCausalLM` for a `LlamaConfig`, ...)."""
+    from zojax.models.registry import FAMILIES
+
+    for family in FAMILIES.values():
+        if type(config) is family.config:
+            return family.module
+    raise TypeError(f"no zojax model family for config type {type(config).__name__}")
+
+
+def abstract_module(config, dtype=jnp.float32) -> nnx.Module:
+    """The module of `config` with `jax.ShapeDtypeStruct` parameters: nothing allocated."""
+    cls = module_class(config)
+    return nnx.eval_shape(lambda: cls(config, dtype=dtype, rngs=nnx.Rngs(0)))
+
+
+def init(config, key: int | jax.Array = 0, dtype="float32") -> Model:
+    """A randomly initialised `Model` of `config` (weights ~ N(0, 0.02), norms 1, biases 0)."""
+    key = jax.random.key(key) if isinstance(key, int) else key
+    module = module_class(config)(config, dtype=jnp.dtype(dtype), rngs=nnx.Rngs(key))
+    return Model(config, nnx.to_pure_dict(nnx.state(module, nnx.Param)))
+
+
+def _attach(module, tree, path=()):
+    """Give `module` the adapter entries of the pure dict `tree` that it lacks: LoRA factors
+    (`lora_a`, `lora_b` next to a Dense kernel) and a layer's `prefix`; anything else that the
+    module does not have is an error naming its path."""
+    for k, v in tree.items():
+        here = (*path, k)
+        current = getattr(module, k, None) if isinstance(k, str) else None
+        if current is not None:
+            if isinstance(current, nnx.Module):
+                if not isinstance(v, Mapping):
+                    raise ValueError(f"params entry {'/'.join(here)} is an array; the model has a module there")
+                _attach(current, v, here)
+            continue
+        if k in ("lora_a", "lora_b") and hasattr(module, "kernel"):
+            setattr(module, k, nnx.LoRAParam(jnp.zeros((), jnp.float32)))
+        elif k == "prefix" and hasattr(module, "prefix") and isinstance(v, Mapping) and set(v) == {"key", "value"}:
+            module.prefix = Prefix(jnp.zeros(()), jnp.zeros(()))
+        else:
+            raise ValueError(f"params entry {'/'.join(here)} is not a parameter of {type(module).__name__}")
+
+
+@functools.lru_cache(maxsize=64)
+def _graphdef(config, skeleton: jax.tree_util.PyTreeDef):
+    module = abstract_module(config)
+    _attach(module, jax.tree.unflatten(skeleton, [0] * skeleton.num_leaves))
+    return nnx.graphdef(module)
+
+
+def graphdef(config, params):
+    """The `nnx.GraphDef` of `config`'s module with the adapters found in `params` attached."""
+    return _graphdef(config, jax.tree.structure(params))
+
+
+def _apply(config, params, input_ids, attention_mask=None, *, param_hook: ParamHook | None = None):
+    return decode(graphdef(config, params), params, input_ids, attention_mask, param_hook=param_hook)
+
+
+_forward = jax.jit(_apply, static_argnums=0, static_argnames="param_hook")
+
+
+# ----------------------------------------------------------------------------- generation
 
 
 def keys_values(config, params, input_ids):
@@ -201,12 +217,13 @@ def keys_values(config, params, input_ids):
     holds them after reading the tokens (LLaMA keys after RoPE, positions 0..T-1):
     `{'k', 'v'}: [L, B, T, K, D]`."""
     b, t = input_ids.shape
-    p = {k: v for k, v in params.items() if k != "layers"}
-    h, aux = config.embed(p, input_ids, jnp.broadcast_to(jnp.arange(t), (b, t)))
-    n_layers = jax.tree.leaves(params["layers"])[0].shape[0]
+    model = nnx.merge(graphdef(config, params), params)
+    positions = jnp.broadcast_to(jnp.arange(t), (b, t))
+    h, aux = model.embed(input_ids, positions, {})
+    n_layers = config.num_hidden_layers
     cache = {c: jnp.zeros((n_layers, b, t, *config.kv_shape), h.dtype) for c in ("k", "v")}
     causal = jnp.broadcast_to(jnp.tril(jnp.ones((t, t), bool)), (b, t, t))
-    return _run_layers(config, params["layers"], h, aux, causal, _no_hook, cache)[1]
+    return _run_layers(model, params["layers"], h, aux, causal, _no_hook, (positions, positions), cache)[1]
 
 
 @functools.partial(jax.jit, static_argnums=0, static_argnames=("max_new_tokens", "eos_token_id"))
@@ -217,16 +234,19 @@ def _generate(config, params, input_ids, attention_mask, *, max_new_tokens, eos_
     n_prompt = mask.sum(axis=1)
     key_valid = jnp.concatenate([mask, jnp.ones((b, max_new_tokens), bool)], axis=1)
     causal = jnp.arange(s)[None, :] <= jnp.arange(s)[:, None]
-    p = {k: v for k, v in params.items() if k != "layers"}
+    model = nnx.merge(graphdef(config, params), params)
+    layers = params["layers"]
 
-    h, aux = config.embed(p, input_ids, positions_from_mask(mask))
-    n_layers = jax.tree.leaves(params["layers"])[0].shape[0]
+    positions = positions_from_mask(mask)
+    key_positions = jnp.concatenate([positions, n_prompt[:, None] + jnp.arange(max_new_tokens)], axis=1)
+    h, aux = model.embed(input_ids, positions, {})
+    n_layers = config.num_hidden_layers
     cache = {c: jnp.zeros((n_layers, b, s, *config.kv_shape), h.dtype) for c in ("k", "v")}
 
     attend = key_valid[:, None, :] & causal[None, :t]
-    h, cache = _run_layers(config, params["layers"], h, aux, attend, _no_hook, cache, 0)
+    h, cache = _run_layers(model, layers, h, aux, attend, _no_hook, (positions, key_positions), cache, 0)
     last = jnp.max(jnp.where(mask, jnp.arange(t), 0), axis=1)
-    first = jnp.argmax(config.logits(p, h[jnp.arange(b), last][:, None])[:, 0], axis=-1)
+    first = jnp.argmax(model.logits(h[jnp.arange(b), last][:, None], {})[:, 0], axis=-1)
 
     eos = jnp.asarray(eos_token_id if eos_token_id else (-1,), jnp.int32)
     fill = eos[0] if eos_token_id else 0
@@ -240,10 +260,11 @@ def _generate(config, params, input_ids, attention_mask, *, max_new_tokens, eos_
         i, cache, done, out = state
         slot = t + i - 1
         tok = jax.lax.dynamic_slice_in_dim(out, i - 1, 1, axis=1)
-        h, aux = config.embed(p, tok, (n_prompt + i - 1)[:, None])
+        position = (n_prompt + i - 1)[:, None]
+        h, aux = model.embed(tok, position, {})
         attend = key_valid[:, None, :] & jax.lax.dynamic_slice_in_dim(causal, slot, 1)[None]
-        h, cache = _run_layers(config, params["layers"], h, aux, attend, _no_hook, cache, slot)
-        nxt = jnp.argmax(config.logits(p, h)[:, 0], axis=-1).astype(jnp.int32)
+        h, cache = _run_layers(model, layers, h, aux, attend, _no_hook, (position, key_positions), cache, slot)
+        nxt = jnp.argmax(model.logits(h, {})[:, 0], axis=-1).astype(jnp.int32)
         nxt = jnp.where(done, fill, nxt)
         return (
             i + 1,
@@ -289,13 +310,14 @@ def generate(
 
 @dataclasses.dataclass(frozen=True)
 class Model:
-    """A loaded model: its config, parameters, tokenizer (or None) and pure functions.
+    """A loaded model: its config, parameters (a plain pytree), tokenizer (or None) and pure functions.
 
     `apply(params, input_ids, attention_mask=None, *, param_hook=None)` -> float32 logits
     (`forward` bound to the config and jit-compiled with the hook as a static argument: call it
     inside your own jit, or reuse one hook object, so that a new hook does not mean a new compile);
     `generate(params, input_ids, attention_mask, max_new_tokens, eos_token_id=None)` -> new ids;
-    `stacked[k]` tells whether `params[k]` has a leading layer axis.
+    `stacked[k]` tells whether `params[k]` has a leading layer axis; `module` is the
+    `flax.nnx` module over `params` (same arrays), e.g. for `nnx.display` or `nnx.Optimizer`.
     """
 
     config: Any
@@ -313,6 +335,15 @@ class Model:
     @property
     def stacked(self) -> dict[str, bool]:
         return {k: k == "layers" for k in self.params}
+
+    @property
+    def module(self) -> nnx.Module:
+        return nnx.merge(graphdef(self.config, self.params), self.params)
+
+    @classmethod
+    def from_module(cls, module: nnx.Module, tokenizer=None) -> Model:
+        """The `Model` of an nnx module (its `nnx.Param` state, LoRA factors included)."""
+        return cls(module.config, nnx.to_pure_dict(nnx.state(module, nnx.Param)), tokenizer)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -21,12 +21,9 @@ import ml_dtypes  # noqa: F401  (registers bfloat16 with numpy, for safetensors'
 import numpy as np
 from tqdm.auto import tqdm
 
-from zojax.models.base import HFTensor, Model, hf_config_dict
-from zojax.models.llama import LlamaConfig
-from zojax.models.opt import OPTConfig
-from zojax.models.tokenizer import from_gguf as gguf_tokenizer
+from zojax.models.base import HFTensor, Model
+from zojax.models.registry import config_from_hf
 
-CONFIGS = {"llama": LlamaConfig, "opt": OPTConfig}
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 ORBAX_PARAMS = "params"
 DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -40,16 +37,6 @@ class CheckpointError(ValueError):
 
 class HubUnreachableError(OSError):
     """A hub id was given but the Hugging Face hub cannot be reached."""
-
-
-def config_from_hf(hf_config):
-    """The zojax config (`LlamaConfig` or `OPTConfig`) for a transformers config or its dict."""
-    d = hf_config_dict(hf_config)
-    if d.get("model_type") not in CONFIGS:
-        raise ValueError(
-            f"unsupported model_type {d.get('model_type')!r}: zojax implements {', '.join(CONFIGS)}"
-        )
-    return CONFIGS[d["model_type"]].from_hf(d)
 
 
 # ----------------------------------------------------------------------------- readers

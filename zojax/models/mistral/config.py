@@ -1,0 +1,29 @@
+"""The Mistral config: LLaMA's modules with a sliding attention window on every layer."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from zojax.models.base import refuse_unsupported
+from zojax.models.llama.config import UNSUPPORTED, LlamaConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class MistralConfig(LlamaConfig):
+    """A Mistral architecture: `LlamaConfig` fields; `sliding_window` (None: full attention)
+    applies to every layer, as in transformers' `MistralModel`."""
+
+    model_type = "mistral"
+    architecture = "MistralForCausalLM"
+
+    @classmethod
+    def from_hf(cls, hf_config) -> MistralConfig:
+        from zojax.models.base import hf_config_dict
+
+        d = hf_config_dict(hf_config)
+        cls._check_type(d)
+        refuse_unsupported(cls.model_type, d, UNSUPPORTED)
+        return cls(**cls._common(d), sliding_window=d.get("sliding_window"))
+
+    def to_hf(self) -> dict:
+        return self._hf_common() | {"sliding_window": self.sliding_window}
