@@ -15,11 +15,12 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 import zojax
+from zojax.finetune.step import make_step
+from zojax.optim import registry
 
-ZO_OPTIMIZERS = ("mezo", "lozo", "lozo-m", "adamezo", "adamezo-lowrank")
+ZO_OPTIMIZERS = registry.names(zeroth_order=True)
 SAMPLERS = ("gaussian", "hash")
 
 
@@ -74,61 +75,37 @@ def lm_loss(apply):
 
 
 def zo_optimizer(name: str, sampler: str, stacked, learning_rate: float = 1e-7, horizon: int = 10):
-    """The zojax optimizer `name` (one of ZO_OPTIMIZERS) with z drawn by `sampler`."""
-    common = {"stacked": stacked, "key": 0}
-    if name == "mezo":
-        return zojax.mezo(learning_rate, sampler=sampler, **common)
-    if name == "lozo":
-        return zojax.lozo(learning_rate, rank=2, nu=50, base_sampler=sampler, **common)
-    if name == "lozo-m":
-        return zojax.lozo(learning_rate, rank=2, nu=50, momentum=0.9, base_sampler=sampler, **common)
-    if name == "adamezo":
-        return zojax.adamezo(learning_rate, horizon=horizon, sampler=sampler, **common)
-    if name == "adamezo-lowrank":
-        low_rank = zojax.LowRank(2, 50, zojax.perturb.get_sampler(sampler))
-        return zojax.adamezo(learning_rate, horizon=horizon, sampler=low_rank, **common)
-    raise ValueError(f"unknown optimizer {name!r}; choose from {ZO_OPTIMIZERS}")
+    """The registry's optimizer `name` (one of ZO_OPTIMIZERS) with z drawn by `sampler`."""
+    return registry.optimizer(name, learning_rate, stacked=stacked, key=0, sampler=sampler, horizon=horizon)
 
 
 def past_warmup(state):
-    """AdaMeZO's official form takes plain MeZO steps until `horizon` steps have been applied.
-    Return `state` as if they had been (history filled with counters 0..h-1), so that the timed
-    steps take the Adam branch without h slow warm-up steps; other states are returned as is."""
+    """AdaMeZO's official form takes plain MeZO steps until `horizon` + 1 steps have been applied.
+    Return `state` as if they had been (history filled with counters 1..h), so that the timed
+    steps take the Adam branch without h + 1 slow warm-up steps; other states are returned as is."""
 
     def advance(s):
         if not isinstance(s, zojax.AdaMeZOState):
             return s
         h = s.history_counter.shape[0]
         return s._replace(
-            info=s.info._replace(count=jnp.int32(h)),
-            history_counter=jnp.arange(h, dtype=jnp.int32),
+            info=s.info._replace(count=jnp.int32(h + 1)),
+            history_counter=jnp.arange(1, h + 1, dtype=jnp.int32),
             history_grad=jnp.full((h,), 0.1, jnp.float32),
-            applied=jnp.int32(h),
+            applied=jnp.int32(h + 1),
         )
 
     return jax.tree.map(advance, state, is_leaf=lambda s: isinstance(s, zojax.AdaMeZOState))
 
 
 def zo_step(tx, loss):
-    """`step(params, state, ids, mask) -> (params, state)`: one ZO update."""
-
-    def step(params, state, ids, mask):
-        value_fn = lambda p, param_hook=None: loss(p, ids, mask, param_hook)
-        updates, state = tx.update(None, state, params, value_fn=value_fn)
-        return optax.apply_updates(params, updates), state
-
-    return step
+    """`step(params, state, ids, mask) -> (params, state, record)`: the fine-tuning loop's ZO step."""
+    return make_step(tx, loss, zeroth_order=True)
 
 
 def fo_step(tx, loss):
-    """`step(params, state, ids, mask) -> (params, state)`: one first-order update."""
-
-    def step(params, state, ids, mask):
-        grads = jax.grad(loss)(params, ids, mask)
-        updates, state = tx.update(grads, state, params)
-        return optax.apply_updates(params, updates), state
-
-    return step
+    """`step(params, state, ids, mask) -> (params, state, record)`: the loop's first-order step."""
+    return make_step(tx, loss, zeroth_order=False)
 
 
 def copy_tree(tree):
@@ -142,7 +119,7 @@ def compile_step(step, params, state, ids, mask):
 
 
 class SharedSteps:
-    """Compiled donated steps `(params, state, ids, mask) -> (params, state)` that pass one copy
+    """Compiled donated steps `(params, state, ids, mask) -> (params, state[, record])` that pass one copy
     of the parameters from each to the next (each keeps its own optimizer state), so that many
     can be timed side by side in the memory of a single copy. `add` returns a no-argument
     function that runs one step and waits for it."""
@@ -154,7 +131,7 @@ class SharedSteps:
         carry = [state]
 
         def one():
-            self.params, carry[0] = compiled(self.params, carry[0], self.ids, self.mask)
+            self.params, carry[0] = compiled(self.params, carry[0], self.ids, self.mask)[:2]
             jax.block_until_ready(self.params)
 
         return one

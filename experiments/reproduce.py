@@ -7,11 +7,12 @@
     python -m experiments.reproduce --dry-run            # print the rows and their commands
 
 Each row (task x method x learning rate) is one subprocess
-``python -m experiments.run --config experiments/configs/reproduce.py:<task>,<method>
---config.learning_rate=<lr> --config.output_dir=experiments/results/runs/<task>/<method>/lr<lr>``.
-A row whose output_dir holds summary.json is finished and skipped; one with a checkpoint
-is continued with ``--config.resume=True`` (bit-exact); one that exited with an error is
-marked failed (FAILED file in its output_dir; ``--retry-failed`` runs it again). After
+``python -m experiments.run --config=reproduce:<task>,<method> --config.learning_rate=<lr>
+--workdir=experiments/results/runs/<task>/<method>/lr<lr>``. A row whose run folder holds
+summary.json is finished and skipped; a started one is continued by the same command
+(bit-exact); one that exited with an error is marked failed (FAILED in the row's log folder,
+``<run folder>.log``, beside its stdout.log and provenance.jsonl; ``--retry-failed`` runs it
+again). After
 every row the driver rewrites experiments/results/table.md and loss_<task>.png.
 
 Learning rates: each training method has a small grid (GRID). On the tuning task (SST-2)
@@ -42,7 +43,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path("experiments/results")  # relative to ROOT (the driver runs there)
-CONFIG = "experiments/configs/reproduce.py"
+CONFIG = "reproduce"  # zojax/finetune/configs/reproduce.py
 TUNE_TASK = "sst2"
 DEFAULT_TASKS = ("sst2", "rte", "cb", "copa")
 MORE_TASKS = ("boolq", "wic", "wsc", "multirc")
@@ -106,31 +107,29 @@ class Row:
         return d if self.lr is None else d / f"lr{fmt_lr(self.lr)}"
 
     @property
+    def log_dir(self) -> Path:
+        """The driver's files of the row (stdout.log, provenance.jsonl, RUNNING, FAILED)."""
+        return self.output_dir.with_name(self.output_dir.name + ".log")
+
+    @property
     def forwards_per_step(self) -> int:
         return FO_FORWARDS if self.method == "ft" else ZO_FORWARDS
 
 
-def command(row: Row, resume: bool = False, python: str = "python") -> list[str]:
-    """The exact command of a row (``resume`` adds ``--config.resume=True``)."""
+def command(row: Row, python: str = "python") -> list[str]:
+    """The exact command of a row; the same command continues a stopped row."""
     cmd = [python, "-m", "experiments.run", f"--config={CONFIG}:{row.task},{row.method}"]
     if row.lr is not None:
         cmd.append(f"--config.learning_rate={fmt_lr(row.lr)}")
-    cmd.append(f"--config.output_dir={row.output_dir}")
-    if resume:
-        cmd.append("--config.resume=True")
+    cmd.append(f"--workdir={row.output_dir}")
     return cmd
 
 
 def row_config(row: Row):
-    """The config the row's command produces (what experiments.run would parse)."""
-    from absl import flags
-    from ml_collections import config_flags
+    """The config the row's command produces (what experiments.run parses)."""
+    from zojax.finetune import cli
 
-    argv = ["run"] + command(row)[3:]
-    fv = flags.FlagValues()
-    config_flags.DEFINE_config_file("config", None, "config", flag_values=fv, sys_argv=argv)
-    fv(argv)
-    return fv.config
+    return cli.configure(command(row)[3:])
 
 
 def status(row: Row) -> str:
@@ -138,16 +137,16 @@ def status(row: Row) -> str:
     d = ROOT / row.output_dir
     if (d / "summary.json").exists():
         return "finished"
-    if (d / "FAILED").exists():
+    if (ROOT / row.log_dir / "FAILED").exists():
         return "failed"
-    pid_file = d / "RUNNING"
+    pid_file = ROOT / row.log_dir / "RUNNING"
     if pid_file.exists():
         try:
             os.kill(int(pid_file.read_text().split()[0]), 0)
             return "running"
         except (OSError, ValueError):
             pass
-    if (d / "metrics.jsonl").exists() or (d / "checkpoints").exists():
+    if (d / "metrics.jsonl").exists() or (d / "run.json").exists():
         return "started"
     return "not started"
 
@@ -161,25 +160,12 @@ def summary(row: Row) -> dict | None:
 
 
 def read_metrics(path: Path) -> tuple[np.ndarray, np.ndarray, list[dict]]:
-    """(loss per step 1..n, step time per step, eval events) from a metrics.jsonl, keeping the
-    last record of each step (a resumed run re-logs the steps after its checkpoint)."""
-    steps, evals = {}, {}
-    if path.exists():
-        for line in path.read_text().splitlines():
-            try:
-                r = json.loads(line)
-            except json.JSONDecodeError:  # a line cut by a kill
-                continue
-            if "loss" in r:
-                steps[r["step"]] = r
-            elif "event" in r:
-                evals[(r["event"], r["step"])] = r
-    n = 0
-    while n + 1 in steps:
-        n += 1
-    loss = np.array([steps[i]["loss"] for i in range(1, n + 1)], np.float64)
-    times = np.array([steps[i].get("step_time", np.nan) for i in range(1, n + 1)], np.float64)
-    return loss, times, sorted(evals.values(), key=lambda r: r["step"])
+    """(loss per step 1..n, step time per step, eval events) of a metrics.jsonl
+    (``zojax.finetune.records``, which keeps the last record of a repeated step)."""
+    from zojax.finetune import records
+
+    steps, events = records.read_metrics(path)
+    return (*records.losses(steps), events)
 
 
 def row_metrics(row: Row) -> tuple[np.ndarray, np.ndarray, list[dict]]:
@@ -189,13 +175,9 @@ def row_metrics(row: Row) -> tuple[np.ndarray, np.ndarray, list[dict]]:
 
 def moving_average(values, window: int = SMOOTH) -> np.ndarray:
     """Trailing moving average; entry i averages values[max(0, i-window+1) .. i]."""
-    values = np.asarray(values, np.float64)
-    if len(values) == 0:
-        return values
-    sums = np.cumsum(np.insert(values, 0, 0.0))
-    i = np.arange(1, len(values) + 1)
-    lo = np.maximum(i - window, 0)
-    return (sums[i] - sums[lo]) / (i - lo)
+    from zojax.compare import smoothed
+
+    return smoothed(values, window)
 
 
 def forwards_to_reach(loss, target: float, forwards_per_step: int, window: int = SMOOTH) -> int | None:
@@ -341,7 +323,7 @@ def reach_table(task: str, rows: list[Row]) -> list[str]:
 
 
 def render_table(tasks, methods, memory_md: str | None = None) -> str:
-    from experiments.configs import reproduce as C
+    from zojax.finetune.configs import reproduce as C
 
     rows = plan(tasks, methods)
     lines = [
@@ -424,8 +406,7 @@ def render_table(tasks, methods, memory_md: str | None = None) -> str:
     lines += ["", "## Peak memory", ""]
     lines += [memory_md if memory_md else "Not measured yet: `python -m experiments.reproduce --memory` writes memory.md."]
     lines += ["", "## Every row and its exact command", "",
-              "Run from the repository root. A stopped row continues with the same command plus `--config.resume=True` "
-              "(the driver adds it when a checkpoint exists).", "",
+              "Run from the repository root. A stopped row continues with the same command.", "",
               "| task | method | lr | status | zero-shot test | best dev (step) | test | command |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         st, s = status(r), summary(r)
@@ -496,8 +477,8 @@ def write_outputs(tasks, methods) -> None:
 def measure_memory(task: str = TUNE_TASK, methods=METHODS) -> str:
     """Compile (without running) each method's step for ``task``'s step-0 batch and report
     XLA's memory analysis; eval-only methods: the evaluation forward on the first test batch."""
-    from experiments.configs import reproduce as C
-    from zojax import compare, tasks as T, train
+    from zojax import compare, finetune, tasks as T
+    from zojax.finetune.configs import reproduce as C
 
     lines = [
         "# Peak memory of one compiled step (compile only, XLA memory_analysis)",
@@ -513,21 +494,16 @@ def measure_memory(task: str = TUNE_TASK, methods=METHODS) -> str:
     for m in methods:
         cfg = C.get_config(f"{task},{m}")
         cfg.data_dir = str(ROOT / cfg.data_dir) if not os.path.isabs(cfg.data_dir) else cfg.data_dir
-        model = train.load_model(cfg) if model is None else model
-        data = train.load_data(cfg, model.tokenizer)
-        trainable = train.make_trainable(cfg, model)
+        model = finetune.load_model(cfg) if model is None else model
+        b = finetune.build(cfg, model)
         if m in EVAL_ONLY:
-            predict = train.make_predict(trainable)
-            rows = T.scoring_rows(data.test.encoded)
-            batch = T.collate(data.test.encoded[: cfg.eval_batch_size], rows=rows, max_length=cfg.max_length)
-            compiled = predict.lower(trainable.base, trainable.params, batch).compile()
+            rows = T.scoring_rows(b.data.test.encoded)
+            batch = T.collate(b.data.test.encoded[: cfg.eval_batch_size], rows=rows, max_length=cfg.max_length)
+            compiled = b.predict.lower(b.base, b.params, batch).compile()
             opt = "—"
         else:
-            tx = train.make_optimizer(cfg, trainable.params, trainable.stacked)
-            opt_state = tx.init(trainable.params)
-            step = train.make_step(cfg, train.make_loss(cfg, model, trainable, data.train), tx)
-            batch, index = train.train_batch(cfg, data.train.encoded, 0)
-            compiled = step.lower(trainable.base, trainable.params, opt_state, batch, index).compile()
+            batch, index = finetune.train_batch(cfg, b.data.train.encoded, 0)
+            compiled = b.step.lower(b.params, b.opt_state, b.base, batch, index).compile()
             opt = cfg.optimizer
         s = compare.memory_stats(compiled)
         if s is None:
@@ -579,24 +555,24 @@ def provenance(resume: bool) -> dict:
 def run_row(row: Row) -> bool:
     """Run (or continue) one row; True if it finished."""
     global _child
-    d = ROOT / row.output_dir
-    resume = (d / "checkpoints").is_dir() and any(p.name.isdigit() for p in (d / "checkpoints").iterdir())
+    d, logs = ROOT / row.output_dir, ROOT / row.log_dir
+    resume = (d / "run.json").exists()
     if not resume and d.exists():
-        shutil.rmtree(d)  # no checkpoint: nothing to continue, start clean (no duplicate metrics)
-    d.mkdir(parents=True, exist_ok=True)
-    with (d / "provenance.jsonl").open("a") as f:
+        shutil.rmtree(d)  # not a run folder (left by an older driver): start clean
+    logs.mkdir(parents=True, exist_ok=True)
+    with (logs / "provenance.jsonl").open("a") as f:
         f.write(json.dumps(provenance(resume)) + "\n")
-    cmd = command(row, resume=resume, python=sys.executable)
-    print(f"[{time.strftime('%H:%M:%S')}] {'resume' if resume else 'start'}: {shlex.join(command(row, resume))}", flush=True)
+    cmd = command(row, python=sys.executable)
+    print(f"[{time.strftime('%H:%M:%S')}] {'resume' if resume else 'start'}: {shlex.join(command(row))}", flush=True)
     t0 = time.time()
     # Rows share evaluation shapes: a persistent compilation cache saves recompiling them.
     env = {"JAX_COMPILATION_CACHE_DIR": str(Path.home() / ".cache" / "zojax-reproduce-jax"), **os.environ}
-    with (d / "stdout.log").open("a") as log:
+    with (logs / "stdout.log").open("a") as log:
         _child = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
-        (d / "RUNNING").write_text(f"{_child.pid} {os.getpid()}\n")
+        (logs / "RUNNING").write_text(f"{_child.pid} {os.getpid()}\n")
         code = _child.wait()
         _child = None
-    (d / "RUNNING").unlink(missing_ok=True)
+    (logs / "RUNNING").unlink(missing_ok=True)
     elapsed = time.time() - t0
     if code == 0 and (d / "summary.json").exists():
         for big in ("checkpoints", "best"):  # the row is done: its checkpoints are not needed
@@ -604,8 +580,8 @@ def run_row(row: Row) -> bool:
         s = summary(row)
         print(f"[{time.strftime('%H:%M:%S')}] finished in {elapsed:.0f}s: test {pct(s['test'])} best dev {pct(s['best_dev'])} (step {s['best_step']})", flush=True)
         return True
-    tail = "\n".join((d / "stdout.log").read_text().splitlines()[-15:])
-    (d / "FAILED").write_text(f"exit code {code}\n{tail}\n")
+    tail = "\n".join((logs / "stdout.log").read_text().splitlines()[-15:])
+    (logs / "FAILED").write_text(f"exit code {code}\n{tail}\n")
     print(f"[{time.strftime('%H:%M:%S')}] FAILED (exit {code}) after {elapsed:.0f}s:\n{tail}", flush=True)
     return False
 
@@ -617,7 +593,7 @@ def tidy(rows) -> None:
         if status(r) == "finished":
             for big in ("checkpoints", "best"):
                 shutil.rmtree(d / big, ignore_errors=True)
-            (d / "RUNNING").unlink(missing_ok=True)
+            (ROOT / r.log_dir / "RUNNING").unlink(missing_ok=True)
 
 
 def main(argv=None) -> int:
@@ -648,7 +624,7 @@ def main(argv=None) -> int:
     signal.signal(signal.SIGTERM, _terminate)
     if args.retry_failed:
         for r in plan(tasks, methods):
-            (ROOT / r.output_dir / "FAILED").unlink(missing_ok=True)
+            (ROOT / r.log_dir / "FAILED").unlink(missing_ok=True)
     lock = ROOT / LOCK
     try:
         other = int(lock.read_text().split()[0])

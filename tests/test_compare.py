@@ -148,7 +148,7 @@ def test_random_checkpoint_matches_transformers_and_trains_on_a_task(checkpoint)
     import torch
     import transformers
 
-    from zojax import train
+    from zojax import finetune
 
     model = zojax.models.load(checkpoint)
     reference = transformers.AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32).eval()
@@ -159,7 +159,7 @@ def test_random_checkpoint_matches_transformers_and_trains_on_a_task(checkpoint)
     shifted = jax.tree.map(lambda p: p + 0.1, model.params)
     assert compare.hf_logits_difference(model, shifted, reference, ids, mask) > 1e-2
 
-    cfg = train.default_config()
+    cfg = finetune.default_config()
     cfg.update(dict(model=str(checkpoint), batch_size=2, num_train=4, num_dev=2, num_test=2, eval_batch_size=4))
     problem = compare.task_problem(cfg, model)
     assert problem.stacked == model.stacked

