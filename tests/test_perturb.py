@@ -36,14 +36,54 @@ def scanned_model():
     return params, loss
 
 
+def _plain(history):
+    c, z = history[-1]
+    return c * z
+
+
+def _momentum(beta):
+    """LOZO-M within one V window: d_t = β d_{t−1} + (1 − β) c_t z_t, d_0 = c_0 z_0."""
+
+    def direction(history):
+        d = history[0][0] * history[0][1]
+        for c, z in history[1:]:
+            d = beta * d + (1 - beta) * c * z
+        return d
+
+    return direction
+
+
+def _adamezo(h, b1, b2):
+    """The official form: plain steps while at most h steps came before, then
+    100 m / (√v + 1e-5) over the last h (c, z), replayed."""
+
+    def direction(history):
+        if len(history) <= h + 1:
+            return _plain(history)
+        last = history[::-1][:h]
+        m = sum(b1**k * c * z for k, (c, z) in enumerate(last))
+        v = sum(b2**k * (c * z) ** 2 for k, (c, z) in enumerate(last))
+        return 100 * m / (np.sqrt(v) + 1e-5)
+
+    return direction
+
+
 @pytest.mark.parametrize(
-    "tx", [zojax.scale_by_mezo(1.0), zojax.scale_by_lozo(1.0, rank=2, nu=2), zojax.scale_by_adamezo(1.0)],
-    ids=["mezo", "lozo", "adamezo"],
+    "tx, expected, exact_steps",
+    [
+        (zojax.scale_by_mezo(1.0), _plain, 6),
+        (zojax.scale_by_lozo(1.0, rank=2, nu=2), _plain, 6),
+        (zojax.scale_by_lozo(1.0, rank=2, nu=10, momentum=0.6), _momentum(0.6), 1),
+        (zojax.scale_by_adamezo(1.0, 0.7, 0.9, horizon=2), _adamezo(2, 0.7, 0.9), 3),
+    ],
+    ids=["mezo", "lozo", "lozo-m", "adamezo"],
 )
-def test_update_replays_the_perturbation_bit_for_bit(tx):
+def test_update_replays_the_perturbation_bit_for_bit(tx, expected, exact_steps):
     """With θ = 0 and ε = 1 the perturbed params are exactly ±z, and the loss is chosen so
-    that c = ±1: the update must then be exactly ±z. The perturbed params are read out of
-    the jitted step with a debug callback."""
+    that c = ±1. The perturbed params are read out of the jitted step with a debug callback;
+    each update must be the method's function of the z seen so far: exactly c·z on plain
+    steps, and to float32 rounding where LOZO-M's momentum or AdaMeZO's replay of past z
+    (steps 3-5 here, after its h + 1 = 3 warm-up steps) combine several."""
     params = {"kernel": jnp.zeros((5, 3)), "bias": jnp.zeros((3,))}
     seen = []
 
@@ -53,17 +93,24 @@ def test_update_replays_the_perturbation_bit_for_bit(tx):
 
     step = jax.jit(lambda s: tx.update(None, s, params, value_fn=value_fn))
     state = tx.init(params)
-    for _ in range(3):
+    history = []
+    for t in range(6):
         seen.clear()
         updates, state = step(state)
         jax.effects_barrier()
         plus, minus = seen
-        c = zojax.step_info(state).projected_grad
-        assert abs(float(c)) == 1.0
+        c = np.float32(zojax.step_info(state).projected_grad)
+        assert abs(c) == 1.0
+        history.append((c, plus))
         for name in params:
             assert np.array_equal(np.asarray(minus[name]), -np.asarray(plus[name]))
-            assert np.array_equal(np.asarray(updates[name]), np.asarray(c * plus[name]))
             assert np.any(np.asarray(plus[name]) != 0)
+            want = expected([(c, z[name]) for c, z in history])
+            if t < exact_steps:
+                assert np.array_equal(np.asarray(updates[name]), want)
+            else:
+                np.testing.assert_allclose(np.asarray(updates[name]), want, rtol=1e-5, atol=1e-6)
+                assert not np.allclose(want, c * plus[name])  # really a combination of several z
 
 
 def test_stacked_leaves_are_sampled_slice_by_slice():

@@ -2,21 +2,26 @@
 (Cai, Chen & Zhu 2026, arXiv 2605.00650).
 
 The state keeps the z counters and projected gradients c of the last h applied steps (a
-ring buffer: 2h numbers). Each update replays them leaf by leaf, k = 0 the current step:
+ring buffer: 2hq numbers). Each update replays them leaf by leaf, k = 0 the current step,
+g_k = (1/q) Σ_j c_{t−k,j} z_{t−k,j} the step's q-direction estimate:
 
-    m = Σ_{k<n} β1^k c_{t−k} z_{t−k},    v = Σ_{k<n} β2^k c_{t−k}² z_{t−k}²,    n = min(steps, h)
+    m = Σ_{k<n} β1^k g_k,    v = Σ_{k<n} β2^k g_k²,    n = min(applied steps, h)
 
-``form="official"`` (default; reproduces the authors' code, so published learning rates
-transfer): direction = s · m / (√v + δ) with s = 100, δ = 1e-5, and plain MeZO
-(direction = c_t z_t) while fewer than h steps have been applied, i.e. for the first h.
+``form="official"`` (default; the authors' trainer line by line, so published learning
+rates transfer): direction = s · m / (√v + δ) with s = 100, δ = 1e-5, after a warm-up of
+h + 1 plain MeZO steps (direction = g_0): the trainer counts steps from 0 and takes MeZO
+steps while ``total_steps <= hw``. Its edge cases are kept: h < 2 runs plain MeZO forever,
+and β2 = 0 uses v = 1 (direction = s · m / (1 + δ)).
 
 ``form="paper"``: Adam's form with (1 − β) factors and bias correction for the truncated
-sums, from the first step:
+sums, from the first step, with no special cases (h = 1 or β2 = 0 give a sign-like step
+s · g_0 / √(g_0² + δ)):
     m̂ = (1 − β1) m / (1 − β1^n),  v̂ = (1 − β2) v / (1 − β2^n),  direction = s · m̂ / √(v̂ + δ)
 with s = 1 unless given.
 
 Any sampler works; ``sampler=zojax.perturb.LowRank(rank, nu)`` gives Adam-style moments
-on LOZO's low-rank directions.
+on LOZO's low-rank directions. Skipped (non-finite) steps leave the history, the warm-up
+count and the moments untouched.
 """
 
 from __future__ import annotations
@@ -28,14 +33,14 @@ import jax.numpy as jnp
 import optax
 
 from zojax import perturb as P
-from zojax.estimate import two_point
+from zojax.estimate import TwoPoint, two_point
 from zojax.optim import common as C
 
 
 class AdaMeZOState(NamedTuple):
     info: C.ZOInfo
-    history_counter: jax.Array  # int32[h]: z counters of the last h applied steps (ring buffer)
-    history_grad: jax.Array  # float32[h]: their projected gradients c
+    history_counter: jax.Array  # int32[h] (int32[h, q] for q > 1): z counters of the last h applied steps
+    history_grad: jax.Array  # float32 like history_counter: their projected gradients c
     applied: jax.Array  # int32: steps applied so far (the ring's write position is applied % h)
 
 
@@ -48,6 +53,7 @@ def scale_by_adamezo(
     form: Literal["official", "paper"] = "official",
     scale: float | None = None,
     delta: float = 1e-5,
+    num_directions: int = 1,
     sampler: str | P.Sampler = "gaussian",
     stacked: P.Stacked = None,
     key: int | jnp.ndarray = 0,
@@ -57,49 +63,67 @@ def scale_by_adamezo(
     Args:
       eps: perturbation scale ε > 0.
       b1, b2: moment decays β1, β2 in [0, 1).
-      horizon: h >= 1, number of past steps replayed.
+      horizon: h >= 1, number of past steps replayed (official form: h < 2 is plain MeZO).
       form: ``"official"`` or ``"paper"``.
       scale: s; default 100 (official) or 1 (paper).
       delta: δ > 0, outside the root (official) or inside it (paper).
-      sampler: z's distribution (see :func:`zojax.perturb.get_sampler`).
+      num_directions: q two-point estimates per step (2q forwards), averaged into g.
+      sampler: z's distribution (see :func:`zojax.perturb.get_sampler`); a
+        :class:`zojax.perturb.LowRank` with q > 1 keeps V for ν steps, not ν counters.
       stacked: which leaves have a leading layer axis.
       key: int seed or PRNG key.
     """
     C.check_hyperparams(eps, {"b1": b1, "b2": b2})
     h = C.static_int("horizon", horizon, 1)
+    q = C.static_int("num_directions", num_directions, 1)
     C.check("delta", delta, delta > 0, "> 0")
     if form not in ("official", "paper"):
         raise ValueError(f"form must be 'official' or 'paper', got {form!r}")
     scale = (100.0 if form == "official" else 1.0) if scale is None else scale
-    sampler = P.get_sampler(sampler)
+    sampler = C.per_step_sampler(P.get_sampler(sampler), q)
+    hist_shape = (h,) if q == 1 else (h, q)
+    replays = form == "paper" or h >= 2  # the official form with h < 2 never leaves the warm-up
 
     def init_fn(params):
         del params
         return AdaMeZOState(
-            C.init_info(key), jnp.zeros((h,), jnp.int32), jnp.zeros((h,), jnp.float32), jnp.zeros((), jnp.int32)
+            C.init_info(key, () if q == 1 else (q,)),
+            jnp.zeros(hist_shape, jnp.int32),
+            jnp.zeros(hist_shape, jnp.float32),
+            jnp.zeros((), jnp.int32),
         )
 
     def update_fn(updates, state, params=None, *, value_fn=None, **extra_args):
         del updates, extra_args
         C.require_value_fn(value_fn, params)
         info = state.info
-        t = info.count
-        est = two_point(value_fn, params, sampler, info.key, t, eps, stacked)
+        counters_now = [info.count * q + j for j in range(q)]
+        ests = [two_point(value_fn, params, sampler, info.key, n, eps, stacked) for n in counters_now]
+        est = ests[0] if q == 1 else TwoPoint(*(jnp.stack(x) for x in zip(*ests)))
         finite = C.is_finite(est)
-        c = jnp.where(finite, est.projected_grad, 0.0)
+        c_now = [jnp.where(finite, e.projected_grad, 0.0) for e in ests]
 
         slot = state.applied % h
-        counters = jnp.where(finite, state.history_counter.at[slot].set(t), state.history_counter)
-        grads = jnp.where(finite, state.history_grad.at[slot].set(c), state.history_grad)
+        now = jnp.stack(counters_now).reshape(hist_shape[1:]).astype(jnp.int32)
+        counters = jnp.where(finite, state.history_counter.at[slot].set(now), state.history_counter)
+        grads = jnp.where(finite, state.history_grad.at[slot].set(jnp.stack(c_now).reshape(hist_shape[1:])), state.history_grad)
+        counters2, grads2 = counters.reshape(h, q), grads.reshape(h, q)
         applied = state.applied + finite.astype(jnp.int32)
         n = jnp.minimum(applied, h)
         age = (applied - 1 - jnp.arange(h)) % h
         live = age < n
-        w1 = jnp.where(live, b1**age, 0.0) * grads
-        w2 = jnp.where(live, b2**age, 0.0) * grads**2
+        w1 = jnp.where(live, b1**age, 0.0)
+        w2 = jnp.where(live, b2**age, 0.0)
         if form == "paper":
             w1 = w1 * (1 - b1) / (1 - b1**n)
             w2 = w2 * (1 - b2) / (1 - b2**n)
+
+        def estimate(k, shape, cs, ns):
+            """g = (1/q) Σ_j cs[j] z(ns[j])."""
+            g = cs[0] * sampler(k, ns[0], shape)
+            for j in range(1, q):
+                g = g + cs[j] * sampler(k, ns[j], shape)
+            return g if q == 1 else g / q
 
         def moments(k, p):
             if P.is_elementwise(sampler):
@@ -107,28 +131,39 @@ def scale_by_adamezo(
                 # fuses into the update: no m, v or z is materialised.
                 m = v = 0.0
                 for i in range(h):
-                    z = sampler(k, counters[i], p.shape)
-                    m, v = m + w1[i] * z, v + w2[i] * z * z
+                    g = estimate(k, p.shape, grads2[i], counters2[i])
+                    m, v = m + w1[i] * g, v + w2[i] * g * g
                 return m, v
 
             def add(i, mv):
-                z = sampler(k, counters[i], p.shape)
-                return mv[0] + w1[i] * z, mv[1] + w2[i] * z * z
+                g = estimate(k, p.shape, grads2[i], counters2[i])
+                return mv[0] + w1[i] * g, mv[1] + w2[i] * g * g
 
             zeros = jnp.zeros(p.shape, jnp.float32)
             return jax.lax.fori_loop(0, h, add, (zeros, zeros))
 
         def adam(k, p):
             m, v = moments(k, p)
-            return scale * m / (jnp.sqrt(v + delta) if form == "paper" else jnp.sqrt(v) + delta)
+            if form == "paper":
+                return scale * m / jnp.sqrt(v + delta)
+            v = jnp.where(jnp.asarray(b2) == 0, 1.0, v)  # the official code's β2 = 0 case
+            return scale * m / (jnp.sqrt(v) + delta)
+
+        def plain(k, p):
+            return estimate(k, p.shape, c_now, counters_now)
+
+        # The official trainer's warm-up: MeZO steps while total_steps (from 0) <= h.
+        warm = state.applied <= h
 
         def direction(k, p):
             if form == "paper":
                 d = adam(k, p)
+            elif not replays:
+                d = plain(k, p)
             elif P.is_elementwise(sampler):  # both sides computed, and fused
-                d = jnp.where(state.applied >= h, adam(k, p), c * sampler(k, t, p.shape))
+                d = jnp.where(warm, plain(k, p), adam(k, p))
             else:
-                d = jax.lax.cond(state.applied >= h, adam, lambda k, p: c * sampler(k, t, p.shape), k, p)
+                d = jax.lax.cond(warm, plain, adam, k, p)
             return jnp.where(finite, d, 0.0).astype(p.dtype)
 
         updates = P.for_each_leaf(direction, info.key, params, stacked)
@@ -147,14 +182,17 @@ def adamezo(
     form: Literal["official", "paper"] = "official",
     scale: float | None = None,
     delta: float = 1e-5,
+    num_directions: int = 1,
     sampler: str | P.Sampler = "gaussian",
     stacked: P.Stacked = None,
     key: int | jnp.ndarray = 0,
 ) -> optax.GradientTransformationExtraArgs:
     """AdaMeZO: ``θ ← θ − η · direction``. See :func:`scale_by_adamezo`."""
+    C.check_learning_rate(learning_rate)
     return optax.chain(
         scale_by_adamezo(
-            eps, b1, b2, horizon, form=form, scale=scale, delta=delta, sampler=sampler, stacked=stacked, key=key
+            eps, b1, b2, horizon, form=form, scale=scale, delta=delta, num_directions=num_directions,
+            sampler=sampler, stacked=stacked, key=key,
         ),
         optax.scale_by_learning_rate(learning_rate),
     )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import numbers
 import operator
 from typing import Any, NamedTuple
@@ -88,6 +90,25 @@ def check(name: str, value: Any, ok: bool, allowed: str) -> None:
         raise ValueError(f"{name} must be {allowed}, got {value!r}")
 
 
+def check_learning_rate(learning_rate) -> None:
+    """A numeric learning rate must be finite and > 0 (a schedule is not checked)."""
+    if callable(learning_rate) or isinstance(learning_rate, jax.core.Tracer):
+        return
+    if not isinstance(learning_rate, (numbers.Real, jax.Array)) or jnp.shape(learning_rate) != ():
+        raise ValueError(f"learning_rate must be a finite number > 0 or a schedule, got {learning_rate!r}")
+    value = float(learning_rate)
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"learning_rate must be finite and > 0, got {learning_rate!r}")
+
+
+def per_step_sampler(sampler: P.Sampler, q: int) -> P.Sampler:
+    """The sampler for counters ``step·q + j``: a :class:`LowRank` keeps its V for ν steps,
+    i.e. ν·q counters; other samplers are returned as they are."""
+    if q > 1 and isinstance(sampler, P.LowRank):
+        return dataclasses.replace(sampler, nu=sampler.nu * q)
+    return sampler
+
+
 def check_hyperparams(eps=None, betas: dict | None = None) -> None:
     if eps is not None:
         check("eps", eps, isinstance(eps, numbers.Number) and eps > 0, "> 0")
@@ -120,10 +141,23 @@ def slice_shapes(params, stacked: P.Stacked) -> list[tuple[str, tuple[int, ...],
     ]
 
 
-def decay_mask(params, stacked: P.Stacked = None):
-    """The usual weight-decay mask: True for weight matrices and embeddings, False for
-    biases and norm scales (leaves with one axis per layer). Use with
-    ``optax.add_decayed_weights(wd, mask=zojax.decay_mask(params, stacked))``."""
-    leaves, treedef = jax.tree.flatten(params)
+OFFICIAL_NO_DECAY = ("bias", "layer_norm", "layernorm")
+
+
+def decay_mask(params, stacked: P.Stacked = None, rule: str = "shape"):
+    """A weight-decay mask for ``optax.add_decayed_weights(wd, mask=zojax.decay_mask(params, stacked))``.
+
+    ``rule="shape"``: True for weight matrices and embeddings, False for every leaf with
+    one axis per layer (biases, norm scales). ``rule="official"``: the MeZO, LOZO and
+    AdaMeZO trainers' rule, True unless the leaf's path contains ``"bias"``,
+    ``"layer_norm"`` or ``"layernorm"`` (zojax models keep the Hugging Face names, so a
+    LLaMA's final ``norm`` is decayed there, as in those trainers).
+    """
+    if rule not in ("shape", "official"):
+        raise ValueError(f"rule must be 'shape' or 'official', got {rule!r}")
+    paths_leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
+    if rule == "official":
+        names = [P.path_name(path) for path, _ in paths_leaves]
+        return treedef.unflatten([not any(word in name for word in OFFICIAL_NO_DECAY) for name in names])
     flags = P.stack_flags(stacked, params)
-    return treedef.unflatten([jnp.ndim(p) - flag >= 2 for p, flag in zip(leaves, flags)])
+    return treedef.unflatten([jnp.ndim(p) - flag >= 2 for (_, p), flag in zip(paths_leaves, flags)])

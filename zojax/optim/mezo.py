@@ -83,6 +83,7 @@ def mezo(
     key: int | jnp.ndarray = 0,
 ) -> optax.GradientTransformationExtraArgs:
     """MeZO (ZO-SGD): ``θ ← θ − η (1/q) Σ_j c_j z_j``. See :func:`scale_by_mezo`."""
+    C.check_learning_rate(learning_rate)
     return optax.chain(
         scale_by_mezo(eps, num_directions=num_directions, sampler=sampler, stacked=stacked, key=key),
         optax.scale_by_learning_rate(learning_rate),
