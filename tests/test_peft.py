@@ -23,8 +23,16 @@ TINY = {
         vocab_size=101, hidden_size=32, ffn_dim=64, num_hidden_layers=2, num_attention_heads=4,
         max_position_embeddings=32,
     ),
+    "qwen2": lambda: transformers.Qwen2Config(  # q/k/v biases, tied embeddings
+        vocab_size=101, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, tie_word_embeddings=True,
+    ),
+    "qwen3": lambda: transformers.Qwen3Config(  # q/k norms
+        vocab_size=101, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=8, tie_word_embeddings=False,
+    ),
 }
-OUT_PROJ = {"llama": "o_proj", "opt": "out_proj"}
+OUT_PROJ = {"llama": "o_proj", "opt": "out_proj", "qwen2": "o_proj", "qwen3": "o_proj"}
 
 
 @pytest.fixture(scope="module")

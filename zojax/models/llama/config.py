@@ -20,6 +20,7 @@ UNSUPPORTED = {
     "attn_logit_softcapping": lambda v: v is None,
     "final_logit_softcapping": lambda v: v is None,
     "pretraining_tp": lambda v: v in (None, 1),
+    "use_mrope": lambda v: not v,
 }
 UNSUPPORTED_ROPE = {
     "rope_type": lambda v: v in ("default", "linear", "dynamic", "llama3"),
