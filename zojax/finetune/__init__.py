@@ -29,9 +29,10 @@ from zojax.finetune.setup import (
     train_batch,
 )
 from zojax.finetune.step import all_finite, make_step
+from zojax.finetune import export  # noqa: I001  (export_run, save_adapter)
 
 __all__ = [
-    "Data", "Setup", "Split", "Trainable", "all_finite", "build", "config_differences", "default_config", "evaluate",
+    "Data", "Setup", "Split", "Trainable", "all_finite", "build", "export", "config_differences", "default_config", "evaluate",
     "fields", "load_data", "load_model", "make_loss", "make_optimizer", "make_predict", "make_step", "make_trainable",
     "metric_name", "run", "train_batch", "validate",
 ]

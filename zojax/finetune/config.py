@@ -12,6 +12,7 @@ newly registered optimizer's hyperparameters appear here (and in ``--help``) by 
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import math
 from pathlib import Path
 from typing import Any
@@ -168,6 +169,8 @@ def validate(cfg) -> None:
             raise ValueError(f"{field} must be finite and >= 0, got {cfg[field]}")
     if cfg.warmup_steps > cfg.steps:
         raise ValueError(f"warmup_steps ({cfg.warmup_steps}) must not exceed steps ({cfg.steps})")
+    if cfg.wandb and importlib.util.find_spec("wandb") is None:
+        raise ValueError(f"wandb={cfg.wandb!r}: the wandb package is not installed (pip install wandb)")
     sharding.parse_mesh(cfg.mesh)
     distributed_arguments(cfg.distributed)
 

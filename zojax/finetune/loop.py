@@ -94,7 +94,7 @@ def run(cfg) -> dict:
         t0 = time.perf_counter()
         batch = sharding.shard_rows(train_batch(cfg, s.data.train.encoded, step), mesh)
         params, opt_state, record = s.step(params, opt_state, base, *batch)
-        record = {k: v.tolist() for k, v in sharding.to_host(record).items()}
+        record = {"c": None, "f_plus": None, "f_minus": None, **{k: v.tolist() for k, v in sharding.to_host(record).items()}}
         finite = bool(all_finite(params))
         record.update(step=step + 1, lr=float(lr(step) if callable(lr) else lr), step_time=time.perf_counter() - t0)
         skips = skips + 1 if record["skipped"] or not finite else 0

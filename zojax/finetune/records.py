@@ -94,10 +94,8 @@ class Records:
         # purge_step: TensorBoard drops the events logged after the checkpoint.
         self.tb = SummaryWriter(str(self.workdir / "tensorboard"), purge_step=start + 1 if start else None)
         if wandb:
-            try:
-                import wandb as wandb_module
-            except ImportError:
-                raise ValueError("wandb: the wandb package is not installed (pip install wandb)") from None
+            import wandb as wandb_module
+
             self.wandb = wandb_module.init(dir=str(self.workdir), resume="allow", **wandb)
 
     def text(self, message: str) -> None:

@@ -174,7 +174,8 @@ def load_model(cfg, mesh=None):
 @dataclasses.dataclass
 class Setup:
     """A run's pieces. ``step(params, opt_state, base, batch, index) -> (params, opt_state,
-    record)`` is jitted with params and state donated; ``predict(base, params, batch)`` ->
+    record)`` is jitted with params and state donated (``tx``, ``opt_state`` and ``step``
+    are None when ``cfg.steps`` is 0: evaluation only); ``predict(base, params, batch)`` ->
     each example's best candidate. ``params`` are placed on ``mesh`` (when one is given)."""
 
     cfg: Any
@@ -205,9 +206,12 @@ def build(cfg, model=None, mesh=None) -> Setup:
     if mesh is not None:
         shardings = sharding.param_shardings(params, mesh)
         params = sharding.place(params, shardings)
-    tx = make_optimizer(cfg, params, trainable.stacked)
     zeroth_order = registry.is_zeroth_order(cfg.optimizer)
     loss = make_loss(cfg, model, trainable, data.train)
-    step = jax.jit(make_step(tx, loss, zeroth_order, shardings), donate_argnums=(0, 1))
-    return Setup(cfg, model, data, trainable, mesh, params, trainable.base, tx, jax.jit(tx.init)(params), loss, step,
+    tx = opt_state = step = None
+    if cfg.steps:  # evaluation only (steps=0) needs no optimizer
+        tx = make_optimizer(cfg, params, trainable.stacked)
+        opt_state = jax.jit(tx.init)(params)
+        step = jax.jit(make_step(tx, loss, zeroth_order, shardings), donate_argnums=(0, 1))
+    return Setup(cfg, model, data, trainable, mesh, params, trainable.base, tx, opt_state, loss, step,
                  make_predict(trainable), zeroth_order)
