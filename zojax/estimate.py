@@ -55,17 +55,22 @@ def fill_masked(value_fn, full_params):
         merged = jax.tree.map(lambda part, full: full if _is_masked(part) else part, partial, full_params, is_leaf=_is_masked)
         return value_fn(merged)
 
+    filled.fills_masked = True
     return filled
 
 
 def two_point(value_fn, params, sampler: P.Sampler, key, counter, eps, stacked: P.Stacked = None) -> TwoPoint:
     """``f(θ+εz)``, ``f(θ−εz)`` and ``c`` for the z of ``(key, counter)``, as float32."""
 
+    if not getattr(value_fn, "fills_masked", False) and any(map(_is_masked, jax.tree.leaves(params, is_leaf=_is_masked))):
+        raise ValueError(
+            "inside optax.masked/multi_transform a transformation sees only its own leaves (the others "
+            "are optax.MaskedNode), and a value_fn taking param_hook needs the full parameter tree: "
+            "pass a plain value_fn that sees the whole model, value_fn=zojax.fill_masked(lambda p: loss(p, batch), params)"
+        )
+
     def value(scale):
         if takes_param_hook(value_fn):
-            if any(map(_is_masked, jax.tree.leaves(params, is_leaf=_is_masked))):
-                raise ValueError("a value_fn taking param_hook needs the full parameter tree; inside "
-                                 "optax.masked/multi_transform pass a plain value_fn wrapped with zojax.fill_masked")
             out = value_fn(params, param_hook=P.make_param_hook(sampler, key, counter, scale))
         else:
             out = value_fn(P.perturb(params, sampler, key, counter, scale, stacked))

@@ -35,6 +35,7 @@ import optax
 from zojax import perturb as P
 from zojax.estimate import TwoPoint, two_point
 from zojax.optim import common as C
+from zojax.optim.compose import refuse_optax_wrappers
 
 
 class AdaMeZOState(NamedTuple):
@@ -85,6 +86,7 @@ def scale_by_adamezo(
     replays = form == "paper" or h >= 2  # the official form with h < 2 never leaves the warm-up
 
     def init_fn(params):
+        refuse_optax_wrappers()
         del params
         return AdaMeZOState(
             C.init_info(key, () if q == 1 else (q,)),

@@ -35,6 +35,7 @@ import optax
 from zojax import perturb as P
 from zojax.estimate import TwoPoint, two_point
 from zojax.optim import common as C
+from zojax.optim.compose import refuse_optax_wrappers
 
 
 class LOZOState(NamedTuple):
@@ -87,6 +88,7 @@ def scale_by_lozo(
     rank_scale = 1.0 / rank if divide_by_rank else 1.0
 
     def init_fn(params):
+        refuse_optax_wrappers()
         _check_ranks(params, stacked, rank)
         state = LOZOState(C.init_info(key, () if q == 1 else (q,)), None, jnp.full((), -1, jnp.int32))
         if momentum is None:

@@ -16,6 +16,7 @@ import optax
 from zojax import perturb as P
 from zojax.estimate import TwoPoint, two_point
 from zojax.optim import common as C
+from zojax.optim.compose import refuse_optax_wrappers
 
 
 class MeZOState(NamedTuple):
@@ -50,6 +51,7 @@ def scale_by_mezo(
     shape = () if q == 1 else (q,)
 
     def init_fn(params):
+        refuse_optax_wrappers()
         del params
         return MeZOState(C.init_info(key, shape))
 

@@ -1,0 +1,126 @@
+"""optax wrappers around and after zojax transformations: each works or says what to do."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import zojax
+
+PARAMS = {"w": jnp.asarray(np.random.default_rng(0).normal(size=(4, 3)), jnp.float32), "b": jnp.zeros((3,))}
+
+
+def loss(p):
+    return jnp.sum((p["w"] - 1.0) ** 2) + jnp.sum(p["b"] ** 2 * jnp.arange(1, 4))
+
+
+def close(a, b, **kw):
+    jax.tree.map(lambda x, y: np.testing.assert_allclose(np.asarray(x), np.asarray(y), **kw), a, b)
+
+
+@pytest.mark.parametrize(
+    "wrap, message",
+    [
+        (lambda tx: optax.MultiSteps(tx, 2), r"MultiSteps after the direction"),
+        (lambda tx: optax.apply_if_finite(tx, 3), r"Drop apply_if_finite.*zojax.chain"),
+        (lambda tx: optax.lookahead(tx, 3, 0.5), r"zojax.lookahead"),
+    ],
+    ids=["MultiSteps", "apply_if_finite", "lookahead"],
+)
+@pytest.mark.parametrize("make", [zojax.mezo, zojax.lozo, zojax.adamezo], ids=["mezo", "lozo", "adamezo"])
+def test_wrappers_that_cannot_drive_a_zo_step_say_what_to_do(wrap, message, make):
+    tx = wrap(make(1e-3))
+    params = optax.LookaheadParams(PARAMS, PARAMS) if "lookahead" in message else PARAMS
+    with pytest.raises(TypeError, match=message):
+        tx.init(params)
+
+
+def test_multisteps_after_the_direction_accumulates_zo_directions():
+    k, lr = 3, 0.1
+    tx = optax.chain(zojax.scale_by_mezo(1e-3, key=1), optax.MultiSteps(optax.sgd(lr), k).gradient_transformation())
+    bare = zojax.scale_by_mezo(1e-3, key=1)
+    state, bare_state, directions = tx.init(PARAMS), bare.init(PARAMS), []
+    for i in range(k):
+        u, state = tx.update(None, state, PARAMS, value_fn=loss)
+        d, bare_state = bare.update(None, bare_state, PARAMS, value_fn=loss)
+        directions.append(d)
+        if i < k - 1:
+            assert all(np.all(np.asarray(x) == 0) for x in jax.tree.leaves(u))
+    close(u, jax.tree.map(lambda *d: -lr * sum(d) / k, *directions), rtol=1e-5, atol=1e-7)
+
+
+def test_lookahead_forwards_value_fn_and_matches_the_rule():
+    """θ ← θ + fast update; every k steps φ ← φ + α(θ − φ), θ ← φ (Zhang et al. 2019)."""
+    k, alpha = 3, 0.5
+    tx = zojax.lookahead(zojax.mezo(0.05, 0.1, key=2), k, alpha)
+    fast = zojax.mezo(0.05, 0.1, key=2)
+    state, fast_state = tx.init(PARAMS), fast.init(PARAMS)
+    params, theta, phi = PARAMS, PARAMS, PARAMS
+    for t in range(7):
+        u, state = jax.jit(lambda p, s: tx.update(None, s, p, value_fn=loss))(params, state)
+        params = optax.apply_updates(params, u)
+        v, fast_state = fast.update(None, fast_state, theta, value_fn=loss)
+        theta = optax.apply_updates(theta, v)
+        if (t + 1) % k == 0:
+            phi = jax.tree.map(lambda s, x: s + alpha * (x - s), phi, theta)
+            theta = phi
+        close(params, theta, rtol=1e-4, atol=1e-5)
+    assert loss(params) < loss(PARAMS)
+    with pytest.raises(ValueError, match="sync_period"):
+        zojax.lookahead(zojax.mezo(0.1), 0, 0.5)
+
+
+def test_chain_holds_adam_moments_on_skipped_steps():
+    lr = 0.01
+    held = zojax.chain(zojax.scale_by_mezo(1e-3), optax.scale_by_adam(), optax.scale(-lr))
+    plain = optax.chain(zojax.scale_by_mezo(1e-3), optax.scale_by_adam(), optax.scale(-lr))
+
+    def step(tx):
+        @jax.jit
+        def f(p, s, poison):
+            u, s = tx.update(None, s, p, value_fn=lambda q: jnp.where(poison, jnp.nan, loss(q)))
+            return optax.apply_updates(p, u), s
+
+        return f
+
+    runs = {}
+    for name, tx in (("held", held), ("plain", plain)):
+        f, p, s = step(tx), PARAMS, tx.init(PARAMS)
+        for t in range(3):
+            p, s = f(p, s, False)
+        before = s
+        p_skip, s = f(p, s, True)
+        unmoved = all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(p_skip), jax.tree.leaves(p)))
+        assert unmoved == (name == "held")  # optax.chain: Adam's momentum still moves θ
+        runs[name] = (before, s)
+    adam = lambda s: s[1][0] if isinstance(s[1], tuple) else s[1]
+    before, after = runs["held"]
+    assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(adam(before)), jax.tree.leaves(adam(after))))
+    assert int(zojax.step_info(after).skipped) == 1
+    # optax.chain hands Adam the zero direction: its moments and count move.
+    before, after = runs["plain"]
+    assert int(after[1].count) == int(before[1].count) + 1
+    assert not np.array_equal(after[1].mu["w"], before[1].mu["w"])
+
+
+def test_chain_equals_optax_chain_without_skips():
+    a = zojax.chain(zojax.scale_by_lozo(1e-3, nu=2, momentum=0.9), optax.scale_by_adam(), optax.scale(-0.01))
+    b = optax.chain(zojax.scale_by_lozo(1e-3, nu=2, momentum=0.9), optax.scale_by_adam(), optax.scale(-0.01))
+    pa = pb = PARAMS
+    sa, sb = a.init(PARAMS), b.init(PARAMS)
+    for _ in range(4):
+        ua, sa = a.update(None, sa, pa, value_fn=loss)
+        ub, sb = b.update(None, sb, pb, value_fn=loss)
+        pa, pb = optax.apply_updates(pa, ua), optax.apply_updates(pb, ub)
+    close(pa, pb, rtol=1e-6, atol=1e-7)
+
+
+def test_multi_transform_without_fill_masked_says_what_to_do():
+    labels = {"w": "zo", "b": "frozen"}
+    tx = optax.multi_transform({"zo": zojax.scale_by_mezo(), "frozen": optax.set_to_zero()}, labels)
+    zeros = jax.tree.map(jnp.zeros_like, PARAMS)
+    with pytest.raises(ValueError, match=r"value_fn=zojax.fill_masked\(lambda p: loss\(p, batch\), params\)"):
+        tx.update(zeros, tx.init(PARAMS), PARAMS, value_fn=loss)
+    u, _ = tx.update(zeros, tx.init(PARAMS), PARAMS, value_fn=zojax.fill_masked(loss, PARAMS))
+    assert np.all(np.asarray(u["b"]) == 0) and np.any(np.asarray(u["w"]) != 0)
