@@ -172,6 +172,35 @@ def test_chain_with_decay_and_schedule(name):
     assert int(zojax.step_info(cs).step) == 4
 
 
+def test_decay_mask_rules():
+    """"shape": matrices only; "official": every name without bias/layer_norm/layernorm,
+    as the MeZO, LOZO and AdaMeZO trainers decide (a LLaMA's final norm is decayed there)."""
+    z = lambda *shape: jnp.zeros(shape)
+    params = {
+        "embed_tokens": {"embedding": z(10, 4)},
+        "layers": {"input_layernorm": {"scale": z(2, 4)}, "q_proj": {"kernel": z(2, 4, 4), "bias": z(2, 4)},
+                   "final_layer_norm": {"scale": z(2, 4), "bias": z(2, 4)}},
+        "norm": {"scale": z(4)},
+    }
+    stacked = {"embed_tokens": False, "layers": True, "norm": False}
+    shape = jax.tree.leaves(zojax.decay_mask(params, stacked))
+    official = jax.tree.leaves(zojax.decay_mask(params, stacked, rule="official"))
+    names = [P.path_name(p) for p, _ in jax.tree_util.tree_leaves_with_path(params)]
+    assert dict(zip(names, shape)) == {
+        "embed_tokens/embedding": True, "layers/final_layer_norm/bias": False, "layers/final_layer_norm/scale": False,
+        "layers/input_layernorm/scale": False, "layers/q_proj/bias": False, "layers/q_proj/kernel": True, "norm/scale": False}
+    assert dict(zip(names, official)) == {**dict(zip(names, shape)), "norm/scale": True}
+    with pytest.raises(ValueError, match="rule must be 'shape' or 'official'"):
+        zojax.decay_mask(params, rule="hf")
+    from zojax.optim import registry
+    tx = registry.optimizer("mezo", 0.1, weight_decay=0.5, decay_mask="official", stacked=stacked)
+    # lr 0.1 · wd 0.5 · θ on the decayed leaves only (θ = 1, direction measured apart).
+    ones = jax.tree.map(jnp.ones_like, params)
+    u, _ = tx.update(None, tx.init(ones), ones, value_fn=lambda p: 0.0)
+    for name, decayed, leaf in zip(names, official, jax.tree.leaves(u)):
+        np.testing.assert_allclose(np.asarray(leaf), -0.05 if decayed else 0.0, err_msg=name)
+
+
 def test_clipping_in_a_chain():
     params, loss = problem()
     tx = optax.chain(zojax.scale_by_mezo(1e-3), optax.clip_by_global_norm(1e-3), optax.scale(-1.0))

@@ -128,12 +128,17 @@ def optimizer(
     **hyperparams,
 ) -> optax.GradientTransformation:
     """``chain(direction, decoupled weight decay, learning rate)``: the update rule
-    θ ← θ − η (d + λ θ) with d the direction of ``name``. ``decay_mask`` (a tree of bools or
-    a function of params) defaults to :func:`zojax.decay_mask` (no decay on biases and norms).
+    θ ← θ − η (d + λ θ) with d the direction of ``name``. ``decay_mask`` is a tree of bools, a
+    function of params, or a rule of :func:`zojax.decay_mask`: ``"shape"`` (the default: no
+    decay on biases and norms) or ``"official"`` (the MeZO/LOZO/AdaMeZO trainers' name rule).
     """
     parts = [direction(name, stacked=stacked, key=key, **hyperparams)]
     if weight_decay:
-        mask = decay_mask if decay_mask is not None else (lambda params: default_decay_mask(params, stacked))
+        mask = decay_mask
+        if mask is None or isinstance(mask, str):
+            rule = mask or "shape"
+            default_decay_mask({}, rule=rule)  # an unknown rule fails here, not at the first step
+            mask = lambda params: default_decay_mask(params, stacked, rule)
         parts.append(optax.add_decayed_weights(weight_decay, mask))
     parts.append(optax.scale_by_learning_rate(learning_rate))
     return optax.chain(*parts)
