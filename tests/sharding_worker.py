@@ -2,6 +2,7 @@
 
     python tests/sharding_worker.py meshes MODEL_DIR OUT                      # 8 CPU devices
     python tests/sharding_worker.py multihost MODEL_DIR OUT PORT PROCESS_ID   # 1 of 2 processes x 4 devices
+    python tests/sharding_worker.py memory OUT                                # 8 CPU devices, compile only
 
 ``meshes`` writes OUT.npz: the params after STEPS steps of each optimizer on one device and
 on each mesh of MESHES, and of MeZO with ``gather_hook`` on 2x4 and data-parallel only on
@@ -21,7 +22,7 @@ import sys
 MODE = sys.argv[1]
 # Backend optimisation level 0 halves XLA:CPU's compile time, which is most of these tests' time.
 os.environ["XLA_FLAGS"] = (
-    f"--xla_force_host_platform_device_count={8 if MODE == 'meshes' else 4} --xla_backend_optimization_level=0"
+    f"--xla_force_host_platform_device_count={4 if MODE == 'multihost' else 8} --xla_backend_optimization_level=0"
 )
 
 import jax
@@ -207,8 +208,32 @@ def multihost(model_dir, out, port, process_id):
     print(f"process {process_id}: ok, rows {rows.tolist()}")
 
 
+def memory(out):
+    """Compiled per-device memory of MeZO steps on an FSDP mesh of 8 devices, with and without
+    ``gather_hook``, for a tied LLaMA whose embedding table (8192 x 64) outweighs a layer's
+    weights 14 times; written to OUT.json (compile only, nothing runs)."""
+    config = zojax.models.LlamaConfig(
+        vocab_size=8192, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=8,
+        num_key_value_heads=4, head_dim=8, tie_word_embeddings=True,
+    )
+    model = zojax.models.init(config)
+    mesh = S.make_mesh("1,-1,1")
+    params = S.place(model.params, S.param_shardings(model.params, mesh))
+    ids = S.shard_batch(np.zeros((BATCH, 4), np.int32), mesh)
+    tx = optimizers(model.stacked)["mezo"]
+    report = {"table": params["embed_tokens"]["embedding"].nbytes,
+              "layer": sum(x.nbytes for x in jax.tree.leaves(params["layers"])) // config.num_hidden_layers}
+    for gather in (False, True):
+        stats = make_step(model, tx, mesh, gather).lower(params, tx.init(params), ids).compile().memory_analysis()
+        report["gather" if gather else "plain"] = stats.temp_size_in_bytes
+    with open(out + ".json", "w") as f:
+        json.dump(report, f)
+
+
 if __name__ == "__main__":
     if MODE == "meshes":
         meshes(sys.argv[2], sys.argv[3])
+    elif MODE == "memory":
+        memory(sys.argv[2])
     else:
         multihost(sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]))

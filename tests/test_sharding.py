@@ -310,3 +310,29 @@ def test_two_processes_equal_one(meshes, multihost):
     feeding only its own rows of the batch: MeZO's params equal those of one device."""
     results, _ = meshes
     assert _compare(multihost, "mezo/multihost", results) < ATOL
+
+
+def test_gather_hook_reads_tables_through_the_optimizer_hooks_rows():
+    """`gather_hook` keeps a hook's row form, so the model reads embedding tables row by row
+    (perturbing only the rows it uses) under FSDP too."""
+    mesh = S.make_mesh("1,-1,1")
+    table = {"embedding": jnp.arange(40.0).reshape(10, 4)}
+    hook = perturb.make_param_hook(perturb.Gaussian(), perturb.as_key(0), 1, 0.5)
+    ids = jnp.array([[3, 1], [9, 3]])
+    got = S.gather_hook(mesh, hook=hook).rows(("embed_tokens",), table, ids)
+    np.testing.assert_array_equal(got["embedding"], hook.rows(("embed_tokens",), table, ids)["embedding"])
+    plain = S.gather_hook(mesh).rows(("embed_tokens",), table, ids)
+    np.testing.assert_array_equal(plain["embedding"], table["embedding"][ids])
+
+
+def test_fsdp_gather_hook_step_memory(tmp_path):
+    """Compiled per-device temporaries of a MeZO step on 8 devices (FSDP) with `gather_hook`
+    against the same step without gathering, for a tied model whose table outweighs a layer 14
+    times: gathering adds at most two layers' gathered weights, never the table."""
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"} | {"JAX_PLATFORMS": "cpu"}
+    run = subprocess.run([sys.executable, str(WORKER), "memory", str(tmp_path / "memory")], env=env,
+                         capture_output=True, text=True, timeout=TIMEOUT)
+    assert run.returncode == 0, run.stderr[-3000:]
+    report = json.loads((tmp_path / "memory.json").read_text())
+    assert report["table"] > 10 * report["layer"]
+    assert report["gather"] - report["plain"] < 2 * report["layer"], report

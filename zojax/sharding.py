@@ -216,6 +216,14 @@ def gather_hook(mesh: Mesh, rules: Rules | None = None, hook=None, axes: Sequenc
             for (_, x), spec in zip(leaves, specs)
         ])
 
+    def rows(path, subtree, ids):
+        """Rows `ids` of each leaf, through `hook`'s row form: a model reads its embedding tables
+        this way, so only the rows it uses are perturbed and moved, never a gathered table."""
+        if hook is not None and hasattr(hook, "rows"):
+            return hook.rows(path, subtree, ids)
+        return jax.tree.map(lambda x: x[ids], subtree)
+
+    gathered.rows = rows
     return gathered
 
 
