@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from zojax.models.base import HFTensor, Model
 from zojax.models.registry import config_from_hf
+from zojax.models.tokenizer import from_gguf as gguf_tokenizer
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 ORBAX_PARAMS = "params"
