@@ -59,8 +59,12 @@ def fill_masked(value_fn, full_params):
     return filled
 
 
-def two_point(value_fn, params, sampler: P.Sampler, key, counter, eps, stacked: P.Stacked = None) -> TwoPoint:
-    """``f(θ+εz)``, ``f(θ−εz)`` and ``c`` for the z of ``(key, counter)``, as float32."""
+def two_point(
+    value_fn, params, sampler: P.Sampler, key, counter, eps, stacked: P.Stacked = None, rounding: str = "nearest"
+) -> TwoPoint:
+    """``f(θ+εz)``, ``f(θ−εz)`` and ``c`` for the z of ``(key, counter)``, as float32.
+    ``rounding`` is how θ ± εz returns to a 16-bit parameter dtype (see
+    :func:`zojax.perturb.stochastic_round`)."""
 
     if not getattr(value_fn, "fills_masked", False) and any(map(_is_masked, jax.tree.leaves(params, is_leaf=_is_masked))):
         raise ValueError(
@@ -71,9 +75,9 @@ def two_point(value_fn, params, sampler: P.Sampler, key, counter, eps, stacked: 
 
     def value(scale):
         if takes_param_hook(value_fn):
-            out = value_fn(params, param_hook=P.make_param_hook(sampler, key, counter, scale))
+            out = value_fn(params, param_hook=P.make_param_hook(sampler, key, counter, scale, rounding))
         else:
-            out = value_fn(P.perturb(params, sampler, key, counter, scale, stacked))
+            out = value_fn(P.perturb(params, sampler, key, counter, scale, stacked, rounding))
         out = jnp.asarray(out, jnp.float32)
         if out.shape != ():
             raise ValueError(f"value_fn must return a scalar loss, got shape {out.shape}")

@@ -343,17 +343,46 @@ def sample(sampler: Sampler, key, counter, tree, stacked: Stacked = None):
     return for_each_leaf(lambda k, p: sampler(k, counter, p.shape), key, tree, stacked)
 
 
-def _shift(p, k, counter, sampler, scale):
+ROUNDINGS = ("nearest", "stochastic")
+
+
+def stochastic_round(x: jax.Array, dtype, key, counter, index: jax.Array, mirror=False) -> jax.Array:
+    """``x`` (float32) rounded to ``dtype`` up or down with probabilities that make the result
+    unbiased, E[round(x)] = x; the uniform draw u is a pure function of ``(key, counter, index)``
+    (``index`` the elements' flat uint32 indices), so it comes back like z does. ``mirror``
+    uses 1 − u instead: θ − εz mirrored against θ + εz makes their rounding errors
+    anticorrelated, which lowers the variance of their difference."""
+    y = x.astype(dtype)
+    yf = y.astype(jnp.float32)
+    other = jnp.nextafter(y, jnp.where(yf > x, -jnp.inf, jnp.inf).astype(dtype))
+    frac = jnp.where(yf == x, 0.0, (x - yf) / (other.astype(jnp.float32) - yf))
+    k0, k1 = jax.random.fold_in(jax.random.fold_in(key, 0x5EED), counter)
+    u = ((_fmix32(_fmix32(index ^ k0) + k1) >> 8).astype(jnp.float32) + 0.5) * jnp.float32(2.0**-24)
+    return jnp.where(jnp.where(mirror, 1.0 - u, u) < frac, other, y)
+
+
+def _cast(x, dtype, k, counter, index, scale, rounding):
+    """The perturbed float32 ``x`` in the parameter's ``dtype``: one rounding to nearest, or
+    stochastic rounding for floats narrower than float32 (``rounding="stochastic"``), mirrored
+    between the two signs of ``scale``."""
+    if rounding == "stochastic" and jnp.issubdtype(dtype, jnp.floating) and jnp.finfo(dtype).bits < 32:
+        return stochastic_round(x, dtype, k, counter, index(), mirror=jnp.asarray(scale) < 0)
+    return x.astype(dtype)
+
+
+def _shift(p, k, counter, sampler, scale, rounding="nearest"):
     """``p + scale·z`` computed in float32 and cast once to ``p``'s dtype."""
-    return (p.astype(jnp.float32) + scale * sampler(k, counter, p.shape)).astype(p.dtype)
+    x = p.astype(jnp.float32) + scale * sampler(k, counter, p.shape)
+    return _cast(x, p.dtype, k, counter, lambda: jax.lax.iota(jnp.uint32, p.size).reshape(p.shape), scale, rounding)
 
 
-def perturb(params, sampler: Sampler, key, counter, scale, stacked: Stacked = None):
-    """``θ + scale·z`` leaf by leaf; ``params`` itself is never modified."""
-    return for_each_leaf(lambda k, p: _shift(p, k, counter, sampler, scale), key, params, stacked)
+def perturb(params, sampler: Sampler, key, counter, scale, stacked: Stacked = None, rounding: str = "nearest"):
+    """``θ + scale·z`` leaf by leaf; ``params`` itself is never modified. ``rounding`` is how
+    the float32 sum returns to a narrower parameter dtype (see :func:`stochastic_round`)."""
+    return for_each_leaf(lambda k, p: _shift(p, k, counter, sampler, scale, rounding), key, params, stacked)
 
 
-def make_param_hook(sampler: Sampler, key, counter, scale):
+def make_param_hook(sampler: Sampler, key, counter, scale, rounding: str = "nearest"):
     """A model parameter hook that applies ``θ + scale·z`` where each weight is used.
 
     Models call ``hook(path, subtree, layer)``: ``path`` is the tuple of keys from the root
@@ -375,14 +404,16 @@ def make_param_hook(sampler: Sampler, key, counter, scale):
             k = key_of(path, sub_path)
             if layer is not None:
                 k = jax.random.fold_in(k, layer)
-            return _shift(p, k, counter, sampler, scale)
+            return _shift(p, k, counter, sampler, scale, rounding)
 
         return jax.tree_util.tree_map_with_path(one, subtree)
 
     def rows(path, subtree, rows):
         def one(sub_path, p):
-            z = sample_rows(sampler, key_of(path, sub_path), counter, p.shape, rows)
-            return (p[rows].astype(jnp.float32) + scale * z).astype(p.dtype)
+            k = key_of(path, sub_path)
+            z = sample_rows(sampler, k, counter, p.shape, rows)
+            x = p[rows].astype(jnp.float32) + scale * z
+            return _cast(x, p.dtype, k, counter, lambda: row_indices(p.shape, rows), scale, rounding)
 
         return jax.tree_util.tree_map_with_path(one, subtree)
 

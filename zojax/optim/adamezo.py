@@ -57,6 +57,7 @@ def scale_by_adamezo(
     num_directions: int = 1,
     sampler: str | P.Sampler = "gaussian",
     stacked: P.Stacked = None,
+    rounding: str = "nearest",
     key: int | jnp.ndarray = 0,
 ) -> optax.GradientTransformationExtraArgs:
     """The AdaMeZO direction (before the learning rate); see the module docstring.
@@ -72,9 +73,12 @@ def scale_by_adamezo(
       sampler: z's distribution (see :func:`zojax.perturb.get_sampler`); a
         :class:`zojax.perturb.LowRank` with q > 1 keeps V for ν steps, not ν counters.
       stacked: which leaves have a leading layer axis.
+      rounding: ``"nearest"`` or ``"stochastic"``: how θ ± εz returns to a 16-bit dtype (see
+        :func:`zojax.perturb.stochastic_round`; unbiased c in bfloat16 at ε = 1e-3).
       key: int seed or PRNG key.
     """
     C.check_hyperparams(eps, {"b1": b1, "b2": b2})
+    C.check_rounding(rounding)
     h = C.static_int("horizon", horizon, 1)
     q = C.static_int("num_directions", num_directions, 1)
     C.check("delta", delta, delta > 0, "> 0")
@@ -100,7 +104,7 @@ def scale_by_adamezo(
         C.require_value_fn(value_fn, params)
         info = state.info
         counters_now = [info.count * q + j for j in range(q)]
-        ests = [two_point(value_fn, params, sampler, info.key, n, eps, stacked) for n in counters_now]
+        ests = [two_point(value_fn, params, sampler, info.key, n, eps, stacked, rounding) for n in counters_now]
         est = ests[0] if q == 1 else TwoPoint(*(jnp.stack(x) for x in zip(*ests)))
         finite = C.is_finite(est)
         c_now = [jnp.where(finite, e.projected_grad, 0.0) for e in ests]
@@ -187,6 +191,7 @@ def adamezo(
     num_directions: int = 1,
     sampler: str | P.Sampler = "gaussian",
     stacked: P.Stacked = None,
+    rounding: str = "nearest",
     key: int | jnp.ndarray = 0,
 ) -> optax.GradientTransformationExtraArgs:
     """AdaMeZO: ``θ ← θ − η · direction``. See :func:`scale_by_adamezo`."""
@@ -194,7 +199,7 @@ def adamezo(
     return optax.chain(
         scale_by_adamezo(
             eps, b1, b2, horizon, form=form, scale=scale, delta=delta, num_directions=num_directions,
-            sampler=sampler, stacked=stacked, key=key,
+            sampler=sampler, stacked=stacked, rounding=rounding, key=key,
         ),
         optax.scale_by_learning_rate(learning_rate),
     )

@@ -109,6 +109,11 @@ def per_step_sampler(sampler: P.Sampler, q: int) -> P.Sampler:
     return sampler
 
 
+def check_rounding(rounding) -> None:
+    if rounding not in P.ROUNDINGS:
+        raise ValueError(f"rounding must be one of {P.ROUNDINGS}, got {rounding!r}")
+
+
 def check_hyperparams(eps=None, betas: dict | None = None) -> None:
     if eps is not None:
         check("eps", eps, isinstance(eps, numbers.Number) and eps > 0, "> 0")

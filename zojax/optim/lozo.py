@@ -63,6 +63,7 @@ def scale_by_lozo(
     num_directions: int = 1,
     base_sampler: str | P.Sampler = "gaussian",
     stacked: P.Stacked = None,
+    rounding: str = "nearest",
     key: int | jnp.ndarray = 0,
 ) -> optax.GradientTransformationExtraArgs:
     """The LOZO (``momentum=None``) or LOZO-M (``momentum=β``) direction.
@@ -78,9 +79,12 @@ def scale_by_lozo(
         (and vector z) and the window's V, averaged: c U ← (1/q) Σ_j c_j U_j.
       base_sampler: distribution of U, V and vector z (``"gaussian"``, ``"hash"``, ...).
       stacked: which leaves have a leading layer axis (see :mod:`zojax.perturb`).
+      rounding: ``"nearest"`` or ``"stochastic"``: how θ ± εz returns to a 16-bit dtype (see
+        :func:`zojax.perturb.stochastic_round`; unbiased c in bfloat16 at ε = 1e-3).
       key: int seed or PRNG key.
     """
     C.check_hyperparams(eps, {} if momentum is None else {"momentum": momentum})
+    C.check_rounding(rounding)
     rank, nu = C.static_int("rank", rank, 1), C.static_int("nu", nu, 1)
     q = C.static_int("num_directions", num_directions, 1)
     # Step t's directions use counters t·q + j; V is kept for ν steps, i.e. ν·q counters.
@@ -108,7 +112,7 @@ def scale_by_lozo(
         info = state.info
         t = info.count
         counters = [t * q + j for j in range(q)]
-        ests = [two_point(value_fn, params, sampler, info.key, n, eps, stacked) for n in counters]
+        ests = [two_point(value_fn, params, sampler, info.key, n, eps, stacked, rounding) for n in counters]
         est = ests[0] if q == 1 else TwoPoint(*(jnp.stack(x) for x in zip(*ests)))
         finite = C.is_finite(est)
         cs = [jnp.where(finite, e.projected_grad, 0.0) for e in ests]
@@ -168,6 +172,7 @@ def lozo(
     num_directions: int = 1,
     base_sampler: str | P.Sampler = "gaussian",
     stacked: P.Stacked = None,
+    rounding: str = "nearest",
     key: int | jnp.ndarray = 0,
 ) -> optax.GradientTransformationExtraArgs:
     """LOZO, or LOZO-M with ``momentum=β``: ``θ ← θ − η · direction``. See :func:`scale_by_lozo`."""
@@ -175,7 +180,7 @@ def lozo(
     return optax.chain(
         scale_by_lozo(
             eps, rank, nu, momentum, divide_by_rank=divide_by_rank, num_directions=num_directions,
-            base_sampler=base_sampler, stacked=stacked, key=key,
+            base_sampler=base_sampler, stacked=stacked, rounding=rounding, key=key,
         ),
         optax.scale_by_learning_rate(learning_rate),
     )

@@ -29,6 +29,7 @@ def scale_by_mezo(
     num_directions: int = 1,
     sampler: str | P.Sampler = "gaussian",
     stacked: P.Stacked = None,
+    rounding: str = "nearest",
     key: int | jnp.ndarray = 0,
 ) -> optax.GradientTransformationExtraArgs:
     """The MeZO direction ``(1/q) Σ_j c_j z_j`` (before the learning rate).
@@ -40,12 +41,15 @@ def scale_by_mezo(
         ``"threefry"`` (N(0, I) from ``jax.random.normal``), ``"hash"``, ``"rademacher"``, or
         a :class:`zojax.perturb.Sampler` such as ``LowRank``.
       stacked: which leaves have a leading layer axis (see :mod:`zojax.perturb`).
+      rounding: ``"nearest"`` or ``"stochastic"``: how θ ± εz returns to a 16-bit dtype (see
+        :func:`zojax.perturb.stochastic_round`; unbiased c in bfloat16 at ε = 1e-3).
       key: int seed or PRNG key; the same key gives the same trajectory.
 
     ``update(updates, state, params, *, value_fn)`` evaluates ``value_fn`` 2q times; a
     non-finite loss gives a zero direction and counts the step as skipped.
     """
     C.check_hyperparams(eps)
+    C.check_rounding(rounding)
     q = C.static_int("num_directions", num_directions, 1)
     sampler = P.get_sampler(sampler)
     shape = () if q == 1 else (q,)
@@ -60,7 +64,7 @@ def scale_by_mezo(
         C.require_value_fn(value_fn, params)
         info = state.info
         counters = [info.count * q + j for j in range(q)]
-        ests = [two_point(value_fn, params, sampler, info.key, n, eps, stacked) for n in counters]
+        ests = [two_point(value_fn, params, sampler, info.key, n, eps, stacked, rounding) for n in counters]
         est = TwoPoint(*(jnp.stack(x).reshape(shape) for x in zip(*ests)))
         finite = C.is_finite(est)
         weights = [jnp.where(finite, e.projected_grad, 0.0) / q for e in ests]
@@ -82,11 +86,12 @@ def mezo(
     num_directions: int = 1,
     sampler: str | P.Sampler = "gaussian",
     stacked: P.Stacked = None,
+    rounding: str = "nearest",
     key: int | jnp.ndarray = 0,
 ) -> optax.GradientTransformationExtraArgs:
     """MeZO (ZO-SGD): ``θ ← θ − η (1/q) Σ_j c_j z_j``. See :func:`scale_by_mezo`."""
     C.check_learning_rate(learning_rate)
     return optax.chain(
-        scale_by_mezo(eps, num_directions=num_directions, sampler=sampler, stacked=stacked, key=key),
+        scale_by_mezo(eps, num_directions=num_directions, sampler=sampler, stacked=stacked, rounding=rounding, key=key),
         optax.scale_by_learning_rate(learning_rate),
     )

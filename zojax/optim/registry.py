@@ -25,6 +25,7 @@ from zojax.optim.mezo import scale_by_mezo
 HYPERPARAMS: dict[str, Any] = dict(
     eps=1e-3,  # perturbation scale ε
     sampler="gaussian",  # z's distribution (zojax.perturb.get_sampler names)
+    rounding="nearest",  # θ ± εz back to a 16-bit dtype: "nearest" or "stochastic" (unbiased)
     num_directions=1,  # q two-point estimates averaged per step
     rank=2,  # LOZO's r
     nu=50,  # LOZO's ν: steps between redraws of V
@@ -52,35 +53,39 @@ def _lowrank(h) -> P.LowRank:
 REGISTRY: dict[str, Entry] = {
     "mezo": Entry(
         lambda h, stacked, key: scale_by_mezo(
-            h["eps"], num_directions=h["num_directions"], sampler=h["sampler"], stacked=stacked, key=key
+            h["eps"], num_directions=h["num_directions"], sampler=h["sampler"], stacked=stacked, rounding=h["rounding"], key=key
         ),
         True,
         "MeZO: ZO-SGD along dense Gaussian z (Malladi et al. 2023)",
     ),
     "lozo": Entry(
         lambda h, stacked, key: scale_by_lozo(
-            h["eps"], h["rank"], h["nu"], base_sampler=h["sampler"], stacked=stacked, key=key
+            h["eps"], h["rank"], h["nu"], num_directions=h["num_directions"], base_sampler=h["sampler"],
+            stacked=stacked, rounding=h["rounding"], key=key,
         ),
         True,
         "LOZO: low-rank z = U Vᵀ, V redrawn every ν steps (Chen et al. 2024)",
     ),
     "lozo-m": Entry(
         lambda h, stacked, key: scale_by_lozo(
-            h["eps"], h["rank"], h["nu"], h["momentum"], base_sampler=h["sampler"], stacked=stacked, key=key
+            h["eps"], h["rank"], h["nu"], h["momentum"], num_directions=h["num_directions"],
+            base_sampler=h["sampler"], stacked=stacked, rounding=h["rounding"], key=key,
         ),
         True,
         "LOZO-M: LOZO with momentum in the low-rank factor (Chen et al. 2024)",
     ),
     "adamezo": Entry(
         lambda h, stacked, key: scale_by_adamezo(
-            h["eps"], h["b1"], h["b2"], h["horizon"], sampler=h["sampler"], stacked=stacked, key=key
+            h["eps"], h["b1"], h["b2"], h["horizon"], num_directions=h["num_directions"], sampler=h["sampler"],
+            stacked=stacked, rounding=h["rounding"], key=key,
         ),
         True,
         "AdaMeZO: Adam moments replayed from the last h (key, c) pairs (Cai et al. 2026)",
     ),
     "adamezo-lowrank": Entry(
         lambda h, stacked, key: scale_by_adamezo(
-            h["eps"], h["b1"], h["b2"], h["horizon"], sampler=_lowrank(h), stacked=stacked, key=key
+            h["eps"], h["b1"], h["b2"], h["horizon"], num_directions=h["num_directions"], sampler=_lowrank(h),
+            stacked=stacked, rounding=h["rounding"], key=key,
         ),
         True,
         "AdaMeZO along LOZO's low-rank z",
