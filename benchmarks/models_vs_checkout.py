@@ -11,6 +11,8 @@ load. Used to check the `flax.nnx` modules against the functional models they re
     git worktree add /tmp/before 401178e     # the last commit with the functional models
     python benchmarks/models_vs_checkout.py /tmp/before [--batch 16] [--seq 64] [--runs 5] \
         [--optimizers mezo lozo adamezo] [--sampler gaussian]
+
+`--runs 0` prints the memory columns only (times "nan"), without running anything.
 """
 
 import argparse
@@ -86,7 +88,10 @@ def main():
             memory[side, name] = Memory.of(compiled)
             runners[side, name] = shared.add(compiled, past_warmup(tx.init(model.params)))
             print(f"  compiled {side} {name}", file=sys.stderr, flush=True)
-    seconds = interleaved_medians({f"{s} {n}": f for (s, n), f in runners.items()}, args.runs)
+    if args.runs:
+        seconds = interleaved_medians({f"{s} {n}": f for (s, n), f in runners.items()}, args.runs)
+    else:  # memory only
+        seconds = {f"{s} {n}": float("nan") for s, n in runners}
 
     print(
         f"SmolLM2-135M-shaped LLaMA, float32, batch {args.batch}x{args.seq}, LM loss, sampler {args.sampler}; "

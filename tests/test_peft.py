@@ -295,3 +295,25 @@ def test_lora_zo_step_needs_less_memory_than_full_parameter_step():
     params = sum(x.nbytes for x in jax.tree.leaves(m.params))
     print(f"\nLOZO step, {params / 2**20:.1f} MiB of params: full {full / 2**20:.1f} MiB, LoRA {lora / 2**20:.1f} MiB")
     assert lora < full
+
+
+def test_lora_adapters_are_nnx_lora_params_of_the_module(tiny, batch):
+    """The attached tree's module holds the factors as `nnx.LoRAParam`: a Flax user can take
+    `nnx.state(module, nnx.LoRAParam)` and train only them with `nnx.Optimizer`."""
+    from flax import nnx
+
+    m, _ = tiny("llama")
+    peft = zojax.peft.lora(m)
+    module = zojax.models.Model(m.config, peft.attach(m.params, randomised(peft.params, 4, 0.1))).module
+    lora = nnx.to_pure_dict(nnx.state(module, nnx.LoRAParam))
+    assert jax.tree.structure(lora) == jax.tree.structure(peft.params)
+    ids, mask = batch
+    optimizer = nnx.Optimizer(module, optax.sgd(0.1), wrt=nnx.LoRAParam)
+    loss = lambda model: loss_of(model(ids, mask), ids, mask)
+    before = jax.tree.map(np.array, nnx.to_pure_dict(nnx.state(module, nnx.Param)))
+    grads = nnx.grad(loss, argnums=nnx.DiffState(0, nnx.LoRAParam))(module)
+    optimizer.update(module, grads)
+    after = nnx.to_pure_dict(nnx.state(module, nnx.Param))
+    names = [zojax.perturb.path_name(p) for p, _ in jax.tree_util.tree_leaves_with_path(after)]
+    moved = {n for n, a, b in zip(names, jax.tree.leaves(after), jax.tree.leaves(before)) if np.any(np.asarray(a) != b)}
+    assert moved == {n for n in names if n.endswith(("lora_a", "lora_b"))} and moved
