@@ -115,11 +115,11 @@ def test_one_row_per_example_gives_the_losses_and_predictions_of_a_row_per_candi
     model = finetune.load_model(cfg)
     data = finetune.load_data(cfg, model.tokenizer)
     trainable = finetune.make_trainable(cfg, model)
-    shared, chosen = finetune.train_batch(cfg, data.finetune.encoded, 0)
-    per_candidate = tasks.collate([data.finetune.encoded[i] for i in chosen], max_length=cfg.max_length)
+    shared, chosen = finetune.train_batch(cfg, data.train.encoded, 0)
+    per_candidate = tasks.collate([data.train.encoded[i] for i in chosen], max_length=cfg.max_length)
     assert shared.input_ids.shape[0] * 2 == per_candidate.input_ids.shape[0]
     loss = finetune.make_loss(cfg, model, trainable, data.train)
-    losses = [loss(trainable.base, trainable.params, b, chosen) for b in (shared, per_candidate)]
+    losses = [loss(trainable.params, trainable.base, b, chosen) for b in (shared, per_candidate)]
     np.testing.assert_allclose(losses[0], losses[1], rtol=1e-5)
     predict = finetune.make_predict(trainable)
     predictions = [predict(trainable.base, trainable.params, b) for b in (shared, per_candidate)]
