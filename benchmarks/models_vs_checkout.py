@@ -12,10 +12,13 @@ load. Used to check the `flax.nnx` modules against the functional models they re
     python benchmarks/models_vs_checkout.py /tmp/before [--batch 16] [--seq 64] [--runs 5] \
         [--optimizers mezo lozo adamezo] [--sampler gaussian]
 
-`--runs 0` prints the memory columns only (times "nan"), without running anything.
+`--runs 0` prints the memory columns only (times "nan"), without running anything. The last
+column compares the compiled modules themselves: how many of each optimised HLO op they hold.
 """
 
 import argparse
+import collections
+import re
 import sys
 from pathlib import Path
 
@@ -41,6 +44,11 @@ SMOLLM2 = dict(
     vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
     num_key_value_heads=3, head_dim=64, rms_norm_eps=1e-5, rope_theta=100000.0, tie_word_embeddings=True,
 )
+
+
+def op_counts(compiled) -> collections.Counter:
+    """How many of each HLO op the optimised module holds (names and layouts aside)."""
+    return collections.Counter(re.findall(r"= \S+ ([a-z][\w-]*)\(", compiled.as_text()))
 
 
 def other_models(checkout: Path):
@@ -75,17 +83,17 @@ def main():
     models = {"before": theirs.Model(theirs.LlamaConfig(**SMOLLM2), new.params), "after": new}
     ids, mask = random_batch(SMOLLM2["vocab_size"], args.batch, args.seq)
 
-    runners, memory = {}, {}
+    runners, memory, ops = {}, {}, {}
     for side, model in models.items():
         loss = lm_loss(model.apply)
         forward = jax.jit(loss).lower(model.params, ids, mask).compile()
-        memory[side, "forward"] = Memory.of(forward)
+        memory[side, "forward"], ops[side, "forward"] = Memory.of(forward), op_counts(forward)
         runners[side, "forward"] = lambda f=forward, p=model.params: f(p, ids, mask).block_until_ready()
         shared = SharedSteps(model.params, ids, mask)
         for name in args.optimizers:
             tx = zo_optimizer(name, args.sampler, model.stacked, horizon=args.horizon)
             compiled = compile_step(zo_step(tx, loss), model.params, tx.init(model.params), ids, mask)
-            memory[side, name] = Memory.of(compiled)
+            memory[side, name], ops[side, name] = Memory.of(compiled), op_counts(compiled)
             runners[side, name] = shared.add(compiled, past_warmup(tx.init(model.params)))
             print(f"  compiled {side} {name}", file=sys.stderr, flush=True)
     if args.runs:
@@ -106,10 +114,13 @@ def main():
             cells += [f"{t:.3f}", "-" if name == "forward" else f"{ratio:.3f}", mb(peak),
                       f"{peak / memory[side, 'forward'].peak:.3f}"]
         before_t, after_t = seconds[f"before {name}"], seconds[f"after {name}"]
-        cells += [f"{after_t / before_t:.3f}", f"{memory['after', name].peak / memory['before', name].peak:.4f}"]
+        cells += [f"{after_t / before_t:.3f}", f"{memory['after', name].peak / memory['before', name].peak:.4f}",
+                  "same" if ops["after", name] == ops["before", name] else
+                  f"{sum(ops['before', name].values())} -> {sum(ops['after', name].values())}"]
         rows.append(cells)
     sides = [f"{s} {c}" for s in models for c in ("s", "step/2fwd", "peak", "peak/fwd")]
-    print(table(["function", *sides, "time after/before", "peak after/before"], rows))
+    print(table(["function", *sides, "time after/before", "peak after/before", "HLO ops"], rows))
+    print("  (HLO ops: 'same' when the optimised modules hold the same number of each op)")
 
 
 if __name__ == "__main__":

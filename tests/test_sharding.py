@@ -21,7 +21,7 @@ from zojax import perturb
 from zojax import sharding as S
 
 WORKER = Path(__file__).with_name("sharding_worker.py")
-TIMEOUT = 300  # seconds, per worker
+TIMEOUT = 900  # seconds, per worker (compiling is most of it; slow on a loaded machine)
 # Float32 params after 5 steps: meshes reduce the loss in another order, and c = Δf / 2ε
 # scales that rounding by 1/2ε = 50. Observed differences are ~2e-6; every leaf moves > 6e-3.
 ATOL = 1e-5
@@ -119,30 +119,55 @@ def test_default_rules_place_every_parameter(config, spec, devices):
     assert set(got) == {"/".join(t.path) for t in config.hf_tensors()}
 
 
-def test_unmatched_parameters_are_listed_in_one_error():
+def test_rules_map_the_names_that_modules_declare():
+    """Specs come from the logical names on each module's parameters: the same for every
+    family's module, a LoRA factor or prefix replicated, one table swapped for another."""
+    from flax import nnx
+
+    module = zojax.models.base.abstract_module(zojax.models.Qwen3Config(
+        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=8, qkv_bias=True))
+    declared = nnx.get_partition_spec(nnx.state(module, nnx.Param))
+    assert tuple(declared["layers"]["mlp"]["down_proj"]["kernel"].get_value()) == ("layers", "mlp", "embed")
+    tree = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), nnx.to_pure_dict(nnx.state(module)))
+    tree["layers"]["self_attn"]["q_proj"] |= {"lora_a": jax.ShapeDtypeStruct((2, 32, 4), jnp.float32)}
+    got = specs(tree, abstract_mesh("1,-1,4", 8))
+    assert got["layers/self_attn/q_norm/scale"] == P(None, None) and got["layers/self_attn/q_proj/bias"] == P(None, None)
+    assert got["layers/self_attn/q_proj/kernel"] == P(None, "fsdp", "tensor")
+    assert got["layers/self_attn/q_proj/lora_a"] == P(None, None, None)
+    swapped = specs(tree, abstract_mesh("1,-1,4", 8), rules=[("embed", "tensor"), ("mlp", "fsdp")])
+    assert swapped["layers/mlp/down_proj/kernel"] == P(None, "fsdp", "tensor")
+    assert swapped["embed_tokens/embedding"] == P(None, "tensor")  # "vocab" no longer listed
+
+
+def test_undeclared_parameters_are_listed_in_one_error():
     tree = shapes(LLAMA_8B)
     tree["layers"]["extra"] = {"w": jax.ShapeDtypeStruct((32, 8, 8), jnp.float32)}
     tree["scale"] = jax.ShapeDtypeStruct((8,), jnp.float32)
-    with pytest.raises(ValueError) as e:
+    with pytest.raises(ValueError, match="no model declares the logical axes of: layers/extra/w, scale"):
         S.param_shardings(tree, abstract_mesh("1,-1,1", 8))
-    problems = [line for line in str(e.value).splitlines() if line.startswith("  ")]
-    assert problems == ["  no partition rule matches: layers/extra/w, scale"]
 
 
 def test_indivisible_and_unknown_axes_are_listed():
-    tree = {"a": jax.ShapeDtypeStruct((2050, 64), jnp.float32), "b": jax.ShapeDtypeStruct((8,), jnp.float32)}
-    rules = [(r"^a$", P("fsdp", None)), (r"^b$", P("model"))]
+    tree = {"embed_tokens": {"embedding": jax.ShapeDtypeStruct((2050, 64), jnp.float32)},
+            "norm": {"scale": jax.ShapeDtypeStruct((8,), jnp.float32)}}
+    rules = [("embed", "fsdp"), ("vocab", "fsdp"), ("norm", "model")]
     with pytest.raises(ValueError) as e:
         S.param_shardings(tree, abstract_mesh("1,-1,1", 4), rules)
-    assert "a (2050, 64): axis 0 (size 2050) is not divisible by mesh axes 'fsdp' (size 4)" in str(e.value)
-    assert re.search(r"  b: spec .* names \['model'\], not axes of the mesh", str(e.value))
+    assert "embed_tokens/embedding (2050, 64): axis 0 ('vocab', size 2050) is not divisible by mesh axes 'fsdp' (size 4)" in str(e.value)
+    assert re.search(r"  norm/scale: 'norm' -> \['model'\], not axes of the mesh", str(e.value))
 
 
 def test_loader_sharding_checks_the_whole_config_up_front():
+    """Every indivisible parameter of the config is named before anything is read."""
     mesh = abstract_mesh("1,-1,1", 8)
-    rules = [r for r in S.LLAMA_RULES if "lm_head" not in r[0]]
-    with pytest.raises(ValueError, match="no partition rule matches: lm_head/kernel"):
-        S.loader_sharding(mesh, rules, config=LLAMA_8B)
+    odd = zojax.models.LlamaConfig(
+        vocab_size=1001, hidden_size=64, intermediate_size=100, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=4, head_dim=16)
+    with pytest.raises(ValueError) as e:
+        S.loader_sharding(mesh, [("mlp", "fsdp"), ("vocab", "fsdp")], config=odd)
+    problems = [line for line in str(e.value).splitlines() if line.startswith("  ")]
+    assert len(problems) == 5, problems  # gate, up, down (mlp 100); table and lm_head (vocab 1001)
     fn = S.loader_sharding(mesh, config=LLAMA_8B)
     assert fn("layers/mlp/down_proj/kernel", (32, 14336, 4096)).spec == P(None, "tensor", "fsdp")
 
@@ -327,12 +352,15 @@ def test_gather_hook_reads_tables_through_the_optimizer_hooks_rows():
 
 def test_fsdp_gather_hook_step_memory(tmp_path):
     """Compiled per-device temporaries of a MeZO step on 8 devices (FSDP) with `gather_hook`
-    against the same step without gathering, for a tied model whose table outweighs a layer 14
-    times: gathering adds at most two layers' gathered weights, never the table."""
+    against the same step without gathering, for a tied model whose table (four chunks of the
+    tied logits) outweighs a layer 57 times. Gathering adds about one gathered chunk of table
+    rows (measured 1.25 chunks, 2.6 MB); a `gather_hook` without the row form perturbs and
+    gathers the whole table instead (measured 4.3 MB more, half the table)."""
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"} | {"JAX_PLATFORMS": "cpu"}
     run = subprocess.run([sys.executable, str(WORKER), "memory", str(tmp_path / "memory")], env=env,
                          capture_output=True, text=True, timeout=TIMEOUT)
     assert run.returncode == 0, run.stderr[-3000:]
-    report = json.loads((tmp_path / "memory.json").read_text())
-    assert report["table"] > 10 * report["layer"]
-    assert report["gather"] - report["plain"] < 2 * report["layer"], report
+    r = json.loads((tmp_path / "memory.json").read_text())
+    assert r["table"] > 50 * r["layer"]
+    assert r["gather"] - r["plain"] < 1.5 * r["chunk"], r
+    assert r["gather_without_rows"] - r["gather"] > r["table"] / 2, r

@@ -11,11 +11,11 @@ parameter's path and its logical (global) shape, and with ``jax_threefry_partiti
 by default) each device generates only its own slice of it. So a zeroth-order step sends no
 gradients: what crosses the network is the two forward passes' own traffic.
 
-Partition rules are ``(regex, PartitionSpec)`` pairs. A parameter's path is its ``/``-joined
-key path (``"layers/self_attn/q_proj/kernel"``); the first rule whose regex matches it
-(``re.search``) gives its spec. A spec names the *last* ``len(spec)`` axes of the parameter,
-so the leading layer axis of stacked parameters stays unsharded. Every parameter must match a
-rule and every sharded axis must divide evenly; both are checked for the whole tree at once.
+Parameters carry logical axis names, declared by the modules that own them (``"vocab"``,
+``"embed"``, ``"heads"``, ``"mlp"``, ``"layers"``, ...; see ``zojax.models.nn``). One rules
+table, :data:`LOGICAL_RULES`, maps each name to mesh axes (a name it does not list is
+replicated), so every family shards alike and a new family needs no rules. Every sharded axis
+must divide evenly; problems are reported for the whole tree at once.
 
 On several hosts, call :func:`initialize` first, on every host, before anything touches a
 device; the mesh then spans every host's devices, and :func:`shard_batch` (the same global
@@ -26,7 +26,6 @@ global batch.
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -40,42 +39,19 @@ from zojax.perturb import path_name
 AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")
 
-Rules = Sequence[tuple[str, P]]
+Rules = Sequence[tuple[str, str | tuple[str, ...] | None]]
 
-# Megatron-style tensor parallelism: "column" kernels [in, out] split their outputs over
-# "tensor", "row" kernels split their inputs, so each attention block and MLP needs one
-# all-reduce of activations. FSDP splits the other (hidden-size) axis of every matrix, which
-# divides evenly for every published size. Vectors (norms, biases) are replicated.
-_COLUMN, _ROW = P("fsdp", "tensor"), P("tensor", "fsdp")
-ADAPTER_RULES: Rules = (
-    (r"/lora_[ab]$", P()),  # zojax.peft LoRA factors: small, replicated
-    (r"^layers/prefix/", P()),  # zojax.peft prefixes
+# Megatron-style tensor parallelism: "column" kernels [embed, heads|mlp] split their outputs over
+# "tensor", "row" kernels [heads|mlp, embed] their inputs, so each attention block and MLP needs
+# one all-reduce of activations; the vocabulary is split over "tensor" too. FSDP splits the model
+# width of every matrix, which divides evenly for every published size. Everything else (norms,
+# biases, the layer axis, adapters) is replicated.
+LOGICAL_RULES: Rules = (
+    ("vocab", "tensor"),
+    ("heads", "tensor"),
+    ("mlp", "tensor"),
+    ("embed", "fsdp"),
 )
-LLAMA_RULES: Rules = (
-    (r"^embed_tokens/embedding$", _ROW),  # [V, H]: vocabulary over "tensor"
-    (r"^layers/self_attn/(q|k|v)_proj/kernel$", _COLUMN),
-    (r"^layers/self_attn/o_proj/kernel$", _ROW),
-    (r"^layers/mlp/(gate|up)_proj/kernel$", _COLUMN),
-    (r"^layers/mlp/down_proj/kernel$", _ROW),
-    (r"^lm_head/kernel$", _COLUMN),  # [H, V]
-    (r"norm/scale$", P()),
-    *ADAPTER_RULES,
-)
-OPT_RULES: Rules = (
-    (r"^embed_tokens/embedding$", _ROW),
-    (r"^embed_positions/embedding$", P(None, "fsdp")),  # [max_pos + 2, H]
-    (r"^project_in/kernel$", P(None, "fsdp")),  # [P, H]
-    (r"^project_out/kernel$", P("fsdp", None)),  # [H, P]
-    (r"^layers/self_attn/(q|k|v)_proj/kernel$", _COLUMN),
-    (r"^layers/self_attn/out_proj/kernel$", _ROW),
-    (r"^layers/fc1/kernel$", _COLUMN),
-    (r"^layers/fc2/kernel$", _ROW),
-    (r"^lm_head/kernel$", _COLUMN),
-    (r"/bias$", P()),
-    (r"layer_norm/scale$", P()),
-    *ADAPTER_RULES,
-)
-DEFAULT_RULES: Rules = LLAMA_RULES + OPT_RULES
 
 
 # ---------------------------------------------------------------------------------------
@@ -128,63 +104,74 @@ def _names(entry) -> tuple[str, ...]:
     return tuple(n for n in (entry if isinstance(entry, tuple) else (entry,)) if n is not None)
 
 
-def _specs(paths_shapes: Sequence[tuple[str, tuple[int, ...]]], mesh: Mesh, rules: Rules | None) -> list[P]:
-    """One full-rank PartitionSpec per (path, shape); one ValueError listing every problem."""
-    rules = [(re.compile(regex), P(*spec)) for regex, spec in (DEFAULT_RULES if rules is None else rules)]
-    specs, unmatched, problems = [], [], []
-    for path, shape in paths_shapes:
-        spec = next((s for regex, s in rules if regex.search(path)), None)
-        if spec is None:
-            unmatched.append(path)
-            specs.append(None)
-            continue
-        if len(spec) > len(shape):
-            problems.append(f"  {path} {shape}: spec {spec} has more axes than the parameter")
-            specs.append(None)
-            continue
-        full = P(*[None] * (len(shape) - len(spec)), *spec)
-        for axis, (dim, entry) in enumerate(zip(shape, full)):
+def _logical_axes(tree):
+    """The logical axis names that the modules declare for each leaf of ``tree``."""
+    from zojax.models.registry import logical_axes  # the models declare them; no model names here
+
+    return logical_axes(tree)
+
+
+def _specs(rows: Sequence[tuple[str, tuple[int, ...], tuple]], mesh: Mesh, rules: Rules | None) -> list[P]:
+    """One PartitionSpec per (path, shape, logical names); one ValueError listing every problem."""
+    table = dict(LOGICAL_RULES if rules is None else rules)
+    specs, problems = [], []
+    for path, shape, names in rows:
+        spec = P(*(table.get(n) if n is not None else None for n in names))
+        if len(spec) != len(shape):
+            problems.append(f"  {path} {shape}: logical axes {names} do not match its rank")
+        for axis, (dim, entry) in enumerate(zip(shape, spec)):
             if unknown := [n for n in _names(entry) if n not in mesh.shape]:
-                problems.append(f"  {path}: spec {spec} names {unknown}, not axes of the mesh {dict(mesh.shape)}")
+                problems.append(f"  {path}: {names[axis]!r} -> {unknown}, not axes of the mesh {dict(mesh.shape)}")
             elif dim % (ways := math.prod(mesh.shape[n] for n in _names(entry))):
                 problems.append(
-                    f"  {path} {shape}: axis {axis} (size {dim}) is not divisible by mesh axes {entry!r} (size {ways})"
+                    f"  {path} {shape}: axis {axis} ({names[axis]!r}, size {dim}) is not divisible by mesh axes "
+                    f"{entry!r} (size {ways})"
                 )
-        specs.append(full)
-    if unmatched:
-        problems.insert(0, f"  no partition rule matches: {', '.join(unmatched)}")
+        specs.append(spec)
     if problems:
-        raise ValueError(
-            "cannot place the parameters on the mesh:\n" + "\n".join(problems) + "\nRules are (regex, "
-            "PartitionSpec) pairs matched against paths like 'layers/self_attn/q_proj/kernel'; "
-            "add (r'^path$', P()) to replicate one."
-        )
+        raise ValueError("cannot place the parameters on the mesh:\n" + "\n".join(problems))
     return specs
 
 
-def param_shardings(tree, mesh: Mesh, rules: Rules | None = None):
-    """A tree of ``NamedSharding`` like ``tree`` (arrays or anything with ``.shape``, e.g.
-    ``jax.ShapeDtypeStruct``), from ``rules`` (default: LLaMA and OPT, :data:`DEFAULT_RULES`).
-    Place existing params with ``jax.device_put(params, param_shardings(params, mesh))``."""
+def param_shardings(tree, mesh: Mesh, rules: Rules | None = None, axes=None):
+    """A tree of ``NamedSharding`` like ``tree`` (model parameters or ``zojax.peft`` adapters:
+    arrays or anything with ``.shape``), from each leaf's logical axis names (``axes``, a
+    matching tree; default: what the model's modules declare) through ``rules`` (default
+    :data:`LOGICAL_RULES`). Place existing params with ``place(params, param_shardings(params, mesh))``."""
     leaves, treedef = jax.tree_util.tree_flatten_with_path(tree)
-    specs = _specs([(path_name(p), tuple(x.shape)) for p, x in leaves], mesh, rules)
+    names = treedef.flatten_up_to(_logical_axes(tree) if axes is None else axes)
+    specs = _specs([(path_name(p), tuple(x.shape), n) for (p, x), n in zip(leaves, names)], mesh, rules)
     return treedef.unflatten([NamedSharding(mesh, s) for s in specs])
 
 
 def loader_sharding(mesh: Mesh, rules: Rules | None = None, config=None) -> Callable[[str, tuple], NamedSharding]:
     """``sharding(path, shape)`` for ``zojax.models.load(..., sharding=...)``: each device reads
-    only its slice of the checkpoint. With the model's ``config`` (``LlamaConfig``/``OPTConfig``)
-    every parameter is checked up front; without it each is checked as it is loaded."""
+    only its slice of the checkpoint. With the model's ``config`` every parameter is checked up
+    front; without it each is checked as it is loaded."""
     if config is not None:
-        rows = [("/".join(t.path), t.shape(config.num_hidden_layers)) for t in config.hf_tensors()]
-        checked = dict(zip(rows, _specs(rows, mesh, rules)))
+        tree = {}
+        for t in config.hf_tensors():
+            tree = _merge(tree, _nest(t.path, jax.ShapeDtypeStruct(t.shape(config.num_hidden_layers), np.float32)))
+        param_shardings(tree, mesh, rules)  # every problem at once, before anything is read
 
     def sharding(path: str, shape: tuple[int, ...]) -> NamedSharding:
-        key = (path, tuple(shape))
-        spec = checked[key] if config is not None and key in checked else _specs([key], mesh, rules)[0]
-        return NamedSharding(mesh, spec)
+        leaf = _nest(path.split("/"), jax.ShapeDtypeStruct(tuple(shape), np.float32))
+        return jax.tree.leaves(param_shardings(leaf, mesh, rules))[0]
 
     return sharding
+
+
+def _nest(keys: Sequence[str], value) -> dict:
+    for k in reversed(keys):
+        value = {k: value}
+    return value
+
+
+def _merge(a: dict, b: dict) -> dict:
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and k in out else v
+    return out
 
 
 def _without(entry, axes: Sequence[str]):
@@ -208,20 +195,31 @@ def gather_hook(mesh: Mesh, rules: Rules | None = None, hook=None, axes: Sequenc
     def gathered(path, subtree, layer=None):
         if hook is not None:
             subtree = hook(path, subtree, layer)
-        leaves, treedef = jax.tree_util.tree_flatten_with_path(subtree)
-        names = ["/".join([*path, *([path_name(p)] if p else [])]) for p, _ in leaves]
-        specs = _specs([(n, x.shape) for n, (_, x) in zip(names, leaves)], mesh, rules)
+        # A layer's slice is named as its stacked parameter is, without the leading layer axis.
+        stacked = jax.tree.map(lambda x: jax.ShapeDtypeStruct((1,) * (layer is not None) + x.shape, x.dtype), subtree)
+        shardings = jax.tree.leaves(param_shardings(_nest(path, stacked), mesh, rules))
+        leaves, treedef = jax.tree.flatten(subtree)
         return treedef.unflatten([
-            jax.lax.with_sharding_constraint(x, NamedSharding(mesh, P(*(_without(e, axes) for e in spec))))
-            for (_, x), spec in zip(leaves, specs)
+            jax.lax.with_sharding_constraint(
+                x, NamedSharding(mesh, P(*(_without(e, axes) for e in s.spec[len(s.spec) - x.ndim :])))
+            )
+            for x, s in zip(leaves, shardings)
         ])
 
     def rows(path, subtree, ids):
-        """Rows `ids` of each leaf, through `hook`'s row form: a model reads its embedding tables
-        this way, so only the rows it uses are perturbed and moved, never a gathered table."""
-        if hook is not None and hasattr(hook, "rows"):
-            return hook.rows(path, subtree, ids)
-        return jax.tree.map(lambda x: x[ids], subtree)
+        """Rows `ids` of each leaf, through `hook`'s row form, gathered over mesh ``axes``: a
+        model reads its embedding tables this way, so only the rows it uses are perturbed and
+        moved, never the whole table (the rows' leading axes keep whatever sharding they get)."""
+        picked = hook.rows(path, subtree, ids) if hook is not None and hasattr(hook, "rows") else (
+            jax.tree.map(lambda x: x[ids], subtree))
+        shardings = jax.tree.leaves(param_shardings(_nest(path, subtree), mesh, rules))
+        leaves, treedef = jax.tree.flatten(picked)
+        return treedef.unflatten([
+            jax.lax.with_sharding_constraint(x, NamedSharding(
+                mesh, P(*(P.UNCONSTRAINED,) * (x.ndim - len(s.spec) + 1), *(_without(e, axes) for e in s.spec[1:]))
+            ))
+            for x, s in zip(leaves, shardings)
+        ])
 
     gathered.rows = rows
     return gathered

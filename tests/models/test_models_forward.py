@@ -76,6 +76,25 @@ def test_padding_side_does_not_change_logits(loaded, name):
     np.testing.assert_allclose(right, alone, atol=1e-5)
 
 
+@pytest.mark.parametrize("name", ["llama_gqa_tied", "opt350_post_ln_proj"])
+def test_decoder_layers_compose_as_plain_nnx_modules(loaded, batch, name):
+    """A Flax user's loop over the layers (each one an nnx module called on its own) gives the
+    model's logits."""
+    from flax import nnx
+
+    m, _ = loaded(name)
+    ids, mask = batch
+    model = m.module
+    positions = zojax.models.base.positions_from_mask(jnp.asarray(mask))
+    h, aux = model.embed(jnp.asarray(ids), positions, {})
+    causal = jnp.asarray(mask, bool)[:, None, :] & jnp.tril(jnp.ones((10, 10), bool))[None]
+    graph, state = nnx.split(model.layers)
+    for i in range(m.config.num_hidden_layers):
+        layer = nnx.merge(graph, jax.tree.map(lambda x: x[i], state))
+        h = layer(h, causal) if aux is None else layer(h, aux, causal)
+    np.testing.assert_allclose(model.logits(h, {}), m.apply(m.params, ids, mask), atol=1e-5)
+
+
 def _deltas(params, key):
     keys = iter(jax.random.split(key, len(jax.tree.leaves(params))))
     return jax.tree.map(lambda x: 0.01 * jax.random.normal(next(keys), x.shape, x.dtype), params)

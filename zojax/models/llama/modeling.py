@@ -10,7 +10,7 @@ from flax import nnx
 
 from zojax.models.base import forward
 from zojax.models.llama.config import LlamaConfig
-from zojax.models.nn import Dense, Embed, RMSNorm, rope_tables, rotate, stacked
+from zojax.models.nn import Dense, Embed, RMSNorm, attention, rope_tables, rotate, stacked
 
 
 class LlamaAttention(nnx.Module):
@@ -67,6 +67,11 @@ class LlamaDecoderLayer(nnx.Module):
     def finish(self, h, o):
         h = h + self.self_attn.o_proj(o)
         return h + self.mlp(self.post_attention_layernorm(h))
+
+    def __call__(self, h, rope, mask):
+        """The layer on its own: `h` [B, T, H], `rope` from `LlamaForCausalLM.embed`, `mask`
+        [B, T, T] (True = may attend)."""
+        return self.finish(h, attention(*self.qkv(h, rope), mask))
 
 
 class LlamaForCausalLM(nnx.Module):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from zojax.models.base import refuse_unsupported
+from zojax.models.base import hf_config_dict, refuse_unsupported
 from zojax.models.llama.config import UNSUPPORTED, LlamaConfig
 
 
@@ -18,8 +18,6 @@ class MistralConfig(LlamaConfig):
 
     @classmethod
     def from_hf(cls, hf_config) -> MistralConfig:
-        from zojax.models.base import hf_config_dict
-
         d = hf_config_dict(hf_config)
         cls._check_type(d)
         refuse_unsupported(cls.model_type, d, UNSUPPORTED)

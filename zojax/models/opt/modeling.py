@@ -9,7 +9,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from zojax.models.base import forward
-from zojax.models.nn import Dense, Embed, LayerNorm, stacked
+from zojax.models.nn import Dense, Embed, LayerNorm, attention, stacked
 from zojax.models.opt.config import POSITION_OFFSET, OPTConfig
 
 
@@ -52,6 +52,10 @@ class OPTDecoderLayer(nnx.Module):
         x = self.final_layer_norm(h) if self.pre_ln else h
         h = h + self.fc2(jax.nn.relu(self.fc1(x)))
         return h if self.pre_ln else self.final_layer_norm(h)
+
+    def __call__(self, h, mask):
+        """The layer on its own: `h` [B, T, H], `mask` [B, T, T] (True = may attend)."""
+        return self.finish(h, attention(*self.qkv(h, None), mask))
 
 
 class OPTForCausalLM(nnx.Module):
