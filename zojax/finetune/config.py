@@ -72,6 +72,7 @@ HYPERPARAM_DOCS = dict(
     eps="perturbation scale ε of the two-point estimate",
     sampler="z's distribution: gaussian, threefry, hash, rademacher",
     num_directions="two-point estimates averaged per step (2 forward passes each)",
+    rounding="θ ± εz back to a 16-bit dtype: nearest or stochastic (unbiased)",
     rank="LOZO: rank r of z = U Vᵀ",
     nu="LOZO: steps between redraws of V",
     momentum="LOZO-M: momentum β",
