@@ -19,7 +19,15 @@ FACTORIES = {
     "adamezo-lowrank": lambda lr, **kw: zojax.adamezo(lr * 1e-2, 1e-3, horizon=3, sampler=P.LowRank(2, 3), **kw),
     "adamezo-q2": lambda lr, **kw: zojax.adamezo(lr * 1e-2, 1e-3, horizon=3, num_directions=2, **kw),
     "lozo-m-q2": lambda lr, **kw: zojax.lozo(lr, 1e-3, rank=2, nu=3, momentum=0.9, num_directions=2, **kw),
+    "zo-sign": lambda lr, **kw: zojax.zo_sign(lr * 0.2, 1e-3, **kw),
+    "zo-momentum": lambda lr, **kw: zojax.zo_momentum(lr * 0.1, 1e-3, 0.9, **kw),
+    "zo-adam": lambda lr, **kw: zojax.zo_adam(lr, 1e-3, **kw),
+    "zo-cons": lambda lr, **kw: zojax.zo_cons(lr, 1e-3, **kw),
+    "forward-gradient": lambda lr, **kw: zojax.forward_gradient(lr, num_directions=2, **kw),
+    "hizoo": lambda lr, **kw: zojax.hizoo(lr, 1e-3, 1e-2, **kw),
 }
+# Methods whose state holds params-sized buffers by design (momentum, Adam's moments, H).
+PARAMS_SIZED_STATE = {"zo-momentum", "zo-adam", "hizoo"}
 SCALE_BY = {
     "mezo": lambda **kw: zojax.scale_by_mezo(1e-3, **kw),
     "lozo": lambda **kw: zojax.scale_by_lozo(1e-3, rank=2, nu=3, **kw),
@@ -80,6 +88,29 @@ def test_accepts_unexpected_extra_args_and_reduces_loss(name):
     for _ in range(60):
         params, state = step(params, state)
     assert loss(params) < 0.9 * start
+
+
+@methods
+def test_update_has_the_params_structure_and_chains(name):
+    """init/update shapes; inside optax.chain (with the extra args passed through) and under
+    optax.inject_hyperparams the update is the same, and the injected rate is live."""
+    params, loss = problem()
+    tx = FACTORIES[name](0.05, key=4)
+    updates, state = jax.jit(lambda p, s: tx.update(None, s, p, value_fn=loss))(params, tx.init(params))
+    assert jax.tree.structure(updates) == jax.tree.structure(params)
+    assert all(u.shape == p.shape and u.dtype == p.dtype for u, p in zip(jax.tree.leaves(updates), jax.tree.leaves(params)))
+    assert jax.tree.structure(state) == jax.tree.structure(tx.init(params))
+    chained = optax.chain(optax.identity(), FACTORIES[name](0.05, key=4))
+    u2, _ = jax.jit(lambda p, s: chained.update(None, s, p, value_fn=loss))(params, chained.init(params))
+    assert leaves_equal(updates, u2)
+    injected = optax.inject_hyperparams(lambda learning_rate: FACTORIES[name](learning_rate, key=4))(learning_rate=0.05)
+    step = jax.jit(lambda p, s: injected.update(None, s, p, value_fn=loss))
+    s3 = injected.init(params)
+    u3, _ = step(params, s3)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-9), u3, updates)
+    s3.hyperparams["learning_rate"] = jnp.asarray(0.025)
+    u4, _ = step(params, s3)
+    assert not leaves_equal(u3, u4)
 
 
 @methods
@@ -320,6 +351,8 @@ def smollm_shapes():
 
 @methods
 def test_state_holds_no_params_sized_buffer(name):
+    if name in PARAMS_SIZED_STATE:
+        pytest.skip("this method keeps params-sized buffers")
     params, stacked = smollm_shapes()
     state = jax.eval_shape(FACTORIES[name](1e-6, stacked=stacked).init, params)
     smallest_matrix = min(p.size for p in jax.tree.leaves(params) if p.ndim >= 3 or p.shape[0] > 1000)
