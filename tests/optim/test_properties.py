@@ -375,3 +375,18 @@ def test_step_info_reads_nested_states(name):
     np.testing.assert_allclose(info.projected_grad, (info.f_plus - info.f_minus) / 2e-3, rtol=1e-5)
     with pytest.raises(ValueError, match="no zojax transformation"):
         zojax.step_info(optax.sgd(0.1).init(params))
+
+
+def test_every_registered_zo_optimizer_builds_and_steps():
+    from zojax.optim import registry
+
+    params, loss = problem()
+    names = registry.names(zeroth_order=True)
+    assert {"mezo", "lozo", "lozo-m", "adamezo", "zo-sign", "zo-momentum", "zo-adam", "zo-cons", "forward-gradient", "hizoo"} <= set(names)
+    for name in names:
+        tx = registry.optimizer(name, 1e-2, weight_decay=1e-3, key=1, num_directions=1)
+        updates, state = jax.jit(lambda p, s: tx.update(None, s, p, value_fn=loss))(params, tx.init(params))
+        assert all(np.all(np.isfinite(np.asarray(u))) for u in jax.tree.leaves(updates)), name
+        assert int(zojax.step_info(state).step) == 1, name
+    with pytest.raises(ValueError, match="'zo-cons' places its candidate steps with the learning rate"):
+        registry.direction("zo-cons")

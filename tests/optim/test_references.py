@@ -265,3 +265,97 @@ def test_lozo_matches_the_authors_trainer_across_resamples_and_skips(beta, q, el
     got = run_zojax(tx, LOZO_SKIPS)
     want = lozo_reference(factors, 1e-2, 0.1, rank, nu, beta, q, LOZO_SKIPS)
     assert_trajectories_match(got, want)
+
+
+# --------------------------------------------------------------------------------------
+# The ZO family: numpy transcriptions of each update rule, z from the same numpy tables.
+
+FAMILY_SKIPS = {4, 5, 17, 30}
+
+
+def grad_np(p):
+    r = A @ p["kernel"] + p["bias"] - B
+    return {"kernel": A.T @ r, "bias": r.sum(0)}
+
+
+def family_reference(rule, lr, eps, tables, skipped, q=1):
+    """θ ← θ − η·direction, with direction = rule(state, p, c_list, z_list) -> (d, state)."""
+    z_of = lambda n: {k: tables[v.shape][n].astype(np.float64) for k, v in PARAMS.items()}
+    p = {k: v.astype(np.float64) for k, v in PARAMS.items()}
+    state, out = None, []
+    for t in range(STEPS):
+        if t not in skipped:
+            zs = [z_of(t * q + j) for j in range(q)]
+            d, state = rule(state, p, zs, eps, lr)
+            p = {k: p[k] - lr * d[k] for k in p}
+        out.append({k: v.copy() for k, v in p.items()})
+    return out
+
+
+def sign_rule(state, p, zs, eps, lr):
+    c = two_point_np(p, zs[0], eps)
+    return {k: np.sign(c * zs[0][k]) for k in p}, state
+
+
+def momentum_rule(state, p, zs, eps, lr, beta=0.8):
+    c = two_point_np(p, zs[0], eps)
+    m = {k: (0 if state is None else beta * state[k]) + c * zs[0][k] for k in p}
+    return m, m
+
+
+def adam_rule(state, p, zs, eps, lr, b1=0.9, b2=0.99, delta=1e-8):
+    c = two_point_np(p, zs[0], eps)
+    n, m, v = state or (0, {k: 0.0 for k in p}, {k: 0.0 for k in p})
+    g = {k: c * zs[0][k] for k in p}
+    n, m, v = n + 1, {k: b1 * m[k] + (1 - b1) * g[k] for k in p}, {k: b2 * v[k] + (1 - b2) * g[k] ** 2 for k in p}
+    return {k: m[k] / (1 - b1**n) / (np.sqrt(v[k] / (1 - b2**n)) + delta) for k in p}, (n, m, v)
+
+
+def cons_rule(state, p, zs, eps, lr):
+    """ZO-Bench's conservative step: of θ, θ − ηĝ, θ + ηĝ keep the lowest loss."""
+    c = two_point_np(p, zs[0], eps)
+    g = {k: c * zs[0][k] for k in p}
+    losses = [loss_np({k: p[k] - s * lr * g[k] for k in p}) for s in (0, 1, -1)]
+    s = (0, 1, -1)[int(np.argmin(losses))]
+    return {k: s * g[k] for k in p}, state
+
+
+def forward_rule(state, p, zs, eps, lr):
+    grad = grad_np(p)
+    dd = [sum(np.sum(grad[k] * z[k]) for k in p) for z in zs]
+    return {k: sum(d * z[k] for d, z in zip(dd, zs)) / len(zs) for k in p}, state
+
+
+def hizoo_rule(state, p, zs, eps, lr, alpha=0.05):
+    """HiZOO's trainer, zo_Hessian_step_update, with α = Hessian_smooth."""
+    H = state or {k: np.ones_like(v) for k, v in p.items()}
+    z = zs[0]
+    loss_original = loss_np(p)
+    loss1 = loss_np({k: p[k] + eps * z[k] / np.sqrt(H[k]) for k in p})
+    loss2 = loss_np({k: p[k] - eps * z[k] / np.sqrt(H[k]) for k in p})
+    new_h, grad = {}, {}
+    for k in p:
+        hessian_estimator = abs(loss1 + loss2 - 2 * loss_original) * H[k] * z[k] * z[k] * alpha / (2 * eps * eps)
+        new_h[k] = (1 - alpha) * H[k] + hessian_estimator
+        grad[k] = (loss1 - loss2) / (2 * eps) * z[k] / np.sqrt(new_h[k])
+    return grad, new_h
+
+
+FAMILY = {
+    "zo-sign": (lambda s: zojax.zo_sign(2e-2, 0.1, sampler=s), sign_rule, 2e-2, 1),
+    "zo-momentum": (lambda s: zojax.zo_momentum(2e-3, 0.1, 0.8, sampler=s), momentum_rule, 2e-3, 1),
+    "zo-adam": (lambda s: zojax.zo_adam(1e-2, 0.1, 0.9, 0.99, sampler=s), adam_rule, 1e-2, 1),
+    "zo-cons": (lambda s: zojax.zo_cons(3e-3, 0.1, sampler=s), cons_rule, 3e-3, 1),
+    "forward-gradient": (lambda s: zojax.forward_gradient(5e-3, num_directions=2, sampler=s), forward_rule, 5e-3, 2),
+    "hizoo": (lambda s: zojax.hizoo(5e-3, 0.1, 0.05, sampler=s), hizoo_rule, 5e-3, 1),
+}
+
+
+@pytest.mark.parametrize("name", sorted(FAMILY))
+def test_family_matches_numpy_transcription(name):
+    make, rule, lr, q = FAMILY[name]
+    tables = normal_tables(STEPS * q, (7, 5), (5,), seed=5)
+    got = run_zojax(make(Table(tables, True)), FAMILY_SKIPS)
+    want = family_reference(rule, lr, 0.1, tables, FAMILY_SKIPS, q)
+    assert_trajectories_match(got, want, rtol=5e-5)
+    assert loss_np(want[-1]) < 0.9 * loss_np(PARAMS)  # the run makes progress

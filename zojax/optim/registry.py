@@ -17,6 +17,7 @@ import optax
 
 from zojax import perturb as P
 from zojax.optim.adamezo import scale_by_adamezo
+from zojax.optim import family as F
 from zojax.optim.common import decay_mask as default_decay_mask
 from zojax.optim.lozo import scale_by_lozo
 from zojax.optim.mezo import scale_by_mezo
@@ -33,6 +34,9 @@ HYPERPARAMS: dict[str, Any] = dict(
     b1=0.7,  # AdaMeZO's β1
     b2=0.9,  # AdaMeZO's β2
     horizon=10,  # AdaMeZO's h: (counter, c) pairs replayed
+    adam_b1=0.9,  # ZO-Adam's β1
+    adam_b2=0.999,  # ZO-Adam's β2
+    hessian_smooth=1e-6,  # HiZOO's α
 )
 
 
@@ -44,6 +48,7 @@ class Entry:
     build: Callable[[dict, P.Stacked, Any], optax.GradientTransformation]
     zeroth_order: bool
     doc: str
+    needs_learning_rate: bool = False  # the direction itself depends on η (h["learning_rate"])
 
 
 def _lowrank(h) -> P.LowRank:
@@ -90,6 +95,49 @@ REGISTRY: dict[str, Entry] = {
         True,
         "AdaMeZO along LOZO's low-rank z",
     ),
+    "zo-sign": Entry(
+        lambda h, stacked, key: F.scale_by_zo_sign(
+            h["eps"], num_directions=h["num_directions"], sampler=h["sampler"], stacked=stacked, rounding=h["rounding"], key=key
+        ),
+        True,
+        "ZO-SGD-Sign: sign of the MeZO estimate (Liu et al. 2019)",
+    ),
+    "zo-momentum": Entry(
+        lambda h, stacked, key: F.scale_by_zo_momentum(
+            h["eps"], h["momentum"], num_directions=h["num_directions"], sampler=h["sampler"], stacked=stacked,
+            rounding=h["rounding"], key=key,
+        ),
+        True,
+        "ZO-SGD with heavy-ball momentum (params-sized buffer; ZO-Bench)",
+    ),
+    "zo-adam": Entry(
+        lambda h, stacked, key: F.scale_by_zo_adam(
+            h["eps"], h["adam_b1"], h["adam_b2"], num_directions=h["num_directions"], sampler=h["sampler"],
+            stacked=stacked, rounding=h["rounding"], key=key,
+        ),
+        True,
+        "ZO-Adam: Adam moments on the MeZO estimate, held on skipped steps (ZO-Bench)",
+    ),
+    "zo-cons": Entry(
+        lambda h, stacked, key: F.scale_by_zo_cons(
+            h["learning_rate"], h["eps"], sampler=h["sampler"], stacked=stacked, rounding=h["rounding"], key=key
+        ),
+        True,
+        "ZO-SGD-Cons: the best of θ, θ ± ηĝ (5 forwards per step; ZO-Bench)",
+        needs_learning_rate=True,
+    ),
+    "forward-gradient": Entry(
+        lambda h, stacked, key: F.scale_by_forward_gradient(
+            num_directions=h["num_directions"], sampler=h["sampler"], stacked=stacked, key=key
+        ),
+        True,
+        "forward gradient: (∇f·z) z from one jvp (Baydin et al. 2022)",
+    ),
+    "hizoo": Entry(
+        lambda h, stacked, key: F.scale_by_hizoo(h["eps"], h["hessian_smooth"], sampler=h["sampler"], stacked=stacked, key=key),
+        True,
+        "HiZOO: MeZO preconditioned by a diagonal Hessian from a third evaluation (Zhao et al. 2024)",
+    ),
     "adam": Entry(lambda h, stacked, key: optax.scale_by_adam(), False, "first-order Adam (backpropagation)"),
     "sgd": Entry(lambda h, stacked, key: optax.identity(), False, "first-order SGD (backpropagation)"),
 }
@@ -117,9 +165,18 @@ def _hyperparams(given: dict) -> dict:
     return {**HYPERPARAMS, **given}
 
 
-def direction(name: str, *, stacked: P.Stacked = None, key=0, **hyperparams) -> optax.GradientTransformation:
-    """The update direction of ``name`` (before weight decay and the learning rate)."""
-    return get(name).build(_hyperparams(hyperparams), stacked, key)
+def direction(
+    name: str, *, stacked: P.Stacked = None, key=0, learning_rate: optax.ScalarOrSchedule | None = None, **hyperparams
+) -> optax.GradientTransformation:
+    """The update direction of ``name`` (before weight decay and the learning rate);
+    ``learning_rate`` is needed only by entries whose direction depends on it (zo-cons)."""
+    entry = get(name)
+    h = _hyperparams(hyperparams)
+    if entry.needs_learning_rate:
+        if learning_rate is None:
+            raise ValueError(f"{name!r} places its candidate steps with the learning rate: pass learning_rate=")
+        h["learning_rate"] = learning_rate
+    return entry.build(h, stacked, key)
 
 
 def optimizer(
@@ -137,7 +194,7 @@ def optimizer(
     function of params, or a rule of :func:`zojax.decay_mask`: ``"shape"`` (the default: no
     decay on biases and norms) or ``"official"`` (the MeZO/LOZO/AdaMeZO trainers' name rule).
     """
-    parts = [direction(name, stacked=stacked, key=key, **hyperparams)]
+    parts = [direction(name, stacked=stacked, key=key, learning_rate=learning_rate, **hyperparams)]
     if weight_decay:
         mask = decay_mask
         if mask is None or isinstance(mask, str):
