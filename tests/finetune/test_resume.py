@@ -127,3 +127,13 @@ def test_consecutive_skips_stop_a_run_shorter_than_the_limit(small_config, tmp_p
         finetune.run(cfg)
     records = [r for r in metrics(tmp_path / "run") if "loss" in r]
     assert [r["skipped"] for r in records] == [True] * 3 and records[0]["loss"] is None
+
+
+def test_a_loss_that_no_longer_responds_stops_the_run(small_config, tmp_path):
+    from zojax import finetune
+
+    # eps = 1e-30: θ ± εz rounds to θ in float32, f(θ+εz) == f(θ−εz) and c = 0 at every step.
+    cfg = small_config(tmp_path / "run", eps=1e-30, steps=20, checkpoint_every=0, eval_every=0, max_consecutive_skips=4)
+    with pytest.raises(FloatingPointError, match="c = 0, no update\\) in 4 consecutive steps"):
+        finetune.run(cfg)
+    assert [r["c"] for r in metrics(tmp_path / "run") if "loss" in r] == [0.0] * 4

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import jax
+import numpy as np
 
 from zojax import sharding
 from zojax.finetune import records, runfolder
@@ -87,7 +88,7 @@ def run(cfg) -> dict:
         best = {"dev": None, "step": 0, "zero_shot": zero_shot}  # among training evaluations
 
     lr = learning_rate(cfg)
-    skips = 0
+    skips = flat = 0  # consecutive skipped steps; consecutive ZO steps with c exactly 0
     bar = progress_bar(cfg, start, enabled=main)
     for step in range(start, cfg.steps):
         runfolder.profile(cfg, out, step - start)
@@ -109,6 +110,13 @@ def run(cfg) -> dict:
             )
         if skips >= min(cfg.max_consecutive_skips, cfg.steps):
             raise skip_error(skips, step + 1, cfg)
+        flat = flat + 1 if s.zeroth_order and not record["skipped"] and not np.any(record["c"]) else 0
+        if flat >= min(cfg.max_consecutive_skips, cfg.steps):
+            raise FloatingPointError(
+                f"f(θ+εz) and f(θ−εz) were equal (c = 0, no update) in {flat} consecutive steps, the last at step "
+                f"{step + 1}: the loss no longer responds to the parameters, as after a too large learning_rate "
+                f"(now {cfg.learning_rate}), or eps (now {cfg.eps}) is below the parameters' precision"
+            )
         done = step + 1
         if cfg.eval_every and (done % cfg.eval_every == 0 or done == cfg.steps):
             dev = evaluate_on(params, s.data.dev)
