@@ -79,6 +79,9 @@ HYPERPARAM_DOCS = dict(
     b1="AdaMeZO: β1",
     b2="AdaMeZO: β2",
     horizon="AdaMeZO: past (key, c) pairs replayed",
+    adam_b1="ZO-Adam: β1",
+    adam_b2="ZO-Adam: β2",
+    hessian_smooth="HiZOO: smoothing α of the diagonal Hessian estimate",
 )
 _LOOP_FIELDS = [
     Field("steps", 150, "optimizer steps (may be extended on resume with a step-independent schedule)", True),
