@@ -3,7 +3,7 @@
 One row per candidate (collate rows="all") against one row per example (rows="shared", used
 whenever every candidate is a single token: its context's last position scores them all);
 evaluation batches in the split's order against batches of length-sorted examples (what
-`zojax.train.evaluate` does). SmolLM2-135M, float32, the task's test examples from `--data-dir`
+`zojax.finetune.evaluate` does). SmolLM2-135M, float32, the task's test examples from `--data-dir`
 (default: the bundled `tiny_sentiment`), interleaved rounds, medians.
 
     python benchmarks/scoring.py [--task rte] [--data-dir ../shared/data] [--batch 16] [--runs 5]
