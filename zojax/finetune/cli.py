@@ -14,6 +14,7 @@ its summary.
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
 from pathlib import Path
 
@@ -138,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     if "--help" in argv or "-h" in argv:
         print(help_text())
         return 0
+    # zojax needs no torch: transformers' "PyTorch was not found" advice does not apply.
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
     from absl import logging
 
     logging.set_verbosity(logging.ERROR)  # orbax reports routine save timings as warnings
