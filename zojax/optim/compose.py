@@ -5,7 +5,9 @@ Works: ``optax.chain``, ``optax.masked`` / ``optax.multi_transform`` (with
 :func:`zojax.fill_masked`), ``optax.inject_hyperparams``, clipping and weight decay after
 the direction, and ``optax.MultiSteps`` *after* the direction (accumulating ZO directions).
 Refused with an explanation: ``optax.MultiSteps``, ``optax.apply_if_finite`` and
-``optax.lookahead`` wrapped *around* a zojax transformation.
+``optax.lookahead`` wrapped *around* a zojax transformation, and an ``optax.chain`` that puts
+a moment-keeping transformation (``scale_by_adam``, ``trace``, ...) with a zojax one (use
+:func:`chain`).
 """
 
 from __future__ import annotations
@@ -43,10 +45,34 @@ _WRAPPERS = {
 }
 
 
+# optax transformations whose state follows the updates they see (moments, traces): in a
+# plain optax.chain after a zojax direction, a skipped step would feed them its zero direction.
+_STATEFUL = {
+    "scale_by_adam", "scale_by_adamax", "scale_by_amsgrad", "scale_by_adan", "scale_by_belief",
+    "scale_by_lion", "scale_by_novograd", "scale_by_radam", "scale_by_rms", "scale_by_rss",
+    "scale_by_sm3", "scale_by_yogi", "scale_by_adadelta", "trace", "ema",
+}
+
+
+def _stateful(init_fns) -> str | None:
+    """The first of ``init_fns`` (nested chains included) that belongs to a _STATEFUL
+    transformation, by name."""
+    for fn in init_fns:
+        name = getattr(fn, "__qualname__", "").split(".<locals>")[0]
+        if name in _STATEFUL:
+            return f"optax.{name}"
+        if name == "chain" and getattr(fn, "__closure__", None):
+            inner = dict(zip(fn.__code__.co_freevars, (c.cell_contents for c in fn.__closure__)))
+            if found := _stateful(inner.get("init_fns", ())):
+                return found
+    return None
+
+
 def refuse_optax_wrappers() -> None:
     """Raise ``TypeError`` (saying what to do) when called from the ``init`` of an optax
-    wrapper that cannot drive a zojax transformation. Runs once per ``init``; it reads the
-    Python call stack, nothing in the traced computation."""
+    wrapper that cannot drive a zojax transformation, or of an ``optax.chain`` that would
+    feed a skipped step's zero direction to a transformation that keeps moments. Runs once
+    per ``init``; it reads the Python call stack, nothing in the traced computation."""
     frame = sys._getframe(1)
     for _ in range(64):
         if frame is None:
@@ -55,6 +81,12 @@ def refuse_optax_wrappers() -> None:
             message = _WRAPPERS.get(frame.f_code.co_qualname)
             if message:
                 raise TypeError(message)
+            if frame.f_code.co_qualname == "chain.<locals>.init_fn" and (found := _stateful(frame.f_locals.get("init_fns", ()))):
+                raise TypeError(
+                    f"optax.chain would hand {found} the zero direction of every skipped ZO step (a step "
+                    "whose loss is not finite), moving its state; use zojax.chain(<the zojax transformation>, "
+                    f"..., {found}(...), ...) instead: the same updates, with that state held on skipped steps"
+                )
         frame = frame.f_back
 
 
