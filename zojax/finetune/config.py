@@ -66,23 +66,6 @@ _UPDATE_FIELDS = [
     Field("weight_decay", 0.0, "decoupled weight decay: θ ← θ − η (d + λ θ)"),
     Field("decay_rule", "shape", "leaves decayed: 'shape' (matrices, embeddings) or 'official' (names without bias/layer_norm)"),
 ]
-# Hyperparameters the registry's entries read, in its order, with these descriptions (a
-# name the registry adds later gets a generic one).
-HYPERPARAM_DOCS = dict(
-    eps="perturbation scale ε of the two-point estimate",
-    sampler="z's distribution: gaussian, threefry, hash, rademacher",
-    num_directions="two-point estimates averaged per step (2 forward passes each)",
-    rounding="θ ± εz back to a 16-bit dtype: nearest or stochastic (unbiased)",
-    rank="LOZO: rank r of z = U Vᵀ",
-    nu="LOZO: steps between redraws of V",
-    momentum="LOZO-M: momentum β",
-    b1="AdaMeZO: β1",
-    b2="AdaMeZO: β2",
-    horizon="AdaMeZO: past (key, c) pairs replayed",
-    adam_b1="ZO-Adam: β1",
-    adam_b2="ZO-Adam: β2",
-    hessian_smooth="HiZOO: smoothing α of the diagonal Hessian estimate",
-)
 _LOOP_FIELDS = [
     Field("steps", 150, "optimizer steps (may be extended on resume with a step-independent schedule)", True),
     Field("batch_size", 16, "training examples per step"),
@@ -107,8 +90,7 @@ _LOOP_FIELDS = [
 def fields() -> list[Field]:
     """Every config field in ``--help`` order."""
     hyper = [
-        Field(k, v, HYPERPARAM_DOCS.get(k, "optimizer hyperparameter (zojax.optim.registry)"))
-        for k, v in registry.HYPERPARAMS.items()
+        Field(k, v, registry.HYPERPARAM_DOCS[k]) for k, v in registry.HYPERPARAMS.items()
     ]
     return _RUN_FIELDS + hyper + _UPDATE_FIELDS + _LOOP_FIELDS
 

@@ -22,22 +22,25 @@ from zojax.optim.common import decay_mask as default_decay_mask
 from zojax.optim.lozo import scale_by_lozo
 from zojax.optim.mezo import scale_by_mezo
 
-# Every hyperparameter an entry may read, with its default.
-HYPERPARAMS: dict[str, Any] = dict(
-    eps=1e-3,  # perturbation scale ε
-    sampler="gaussian",  # z's distribution (zojax.perturb.get_sampler names)
-    rounding="nearest",  # θ ± εz back to a 16-bit dtype: "nearest" or "stochastic" (unbiased)
-    num_directions=1,  # q two-point estimates averaged per step
-    rank=2,  # LOZO's r
-    nu=50,  # LOZO's ν: steps between redraws of V
-    momentum=0.9,  # LOZO-M's β
-    b1=0.7,  # AdaMeZO's β1
-    b2=0.9,  # AdaMeZO's β2
-    horizon=10,  # AdaMeZO's h: (counter, c) pairs replayed
-    adam_b1=0.9,  # ZO-Adam's β1
-    adam_b2=0.999,  # ZO-Adam's β2
-    hessian_smooth=1e-6,  # HiZOO's α
+# Every hyperparameter an entry may read: its default and a one-line description (the CLI's
+# --help shows both).
+_HYPERPARAMS: dict[str, tuple[Any, str]] = dict(
+    eps=(1e-3, "perturbation scale ε of the two-point estimate"),
+    sampler=("gaussian", "z's distribution: gaussian, threefry, hash, rademacher"),
+    rounding=("nearest", "θ ± εz back to a 16-bit dtype: nearest or stochastic (unbiased)"),
+    num_directions=(1, "two-point estimates averaged per step (2 forward passes each)"),
+    rank=(2, "LOZO: rank r of z = U Vᵀ"),
+    nu=(50, "LOZO: steps between redraws of V"),
+    momentum=(0.9, "LOZO-M and ZO-momentum: momentum β"),
+    b1=(0.7, "AdaMeZO: β1"),
+    b2=(0.9, "AdaMeZO: β2"),
+    horizon=(10, "AdaMeZO: past (key, c) pairs replayed"),
+    adam_b1=(0.9, "ZO-Adam: β1"),
+    adam_b2=(0.999, "ZO-Adam: β2"),
+    hessian_smooth=(1e-6, "HiZOO: smoothing α of the diagonal Hessian estimate"),
 )
+HYPERPARAMS: dict[str, Any] = {k: default for k, (default, _) in _HYPERPARAMS.items()}
+HYPERPARAM_DOCS: dict[str, str] = {k: doc for k, (_, doc) in _HYPERPARAMS.items()}
 
 
 @dataclasses.dataclass(frozen=True)
