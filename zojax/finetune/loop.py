@@ -110,8 +110,10 @@ def run(cfg) -> dict:
             )
         if skips >= min(cfg.max_consecutive_skips, cfg.steps):
             raise skip_error(skips, step + 1, cfg)
-        flat = flat + 1 if s.zeroth_order and not record["skipped"] and not np.any(record["c"]) else 0
-        if flat >= min(cfg.max_consecutive_skips, cfg.steps):
+        # A piecewise-constant objective (F1 of generated answers) gives c = 0 as a matter of course.
+        responds = not s.zeroth_order or cfg.objective == "f1" or record["skipped"] or np.any(record["c"])
+        flat = 0 if responds else flat + 1
+        if flat >= cfg.max_consecutive_skips:
             raise FloatingPointError(
                 f"f(θ+εz) and f(θ−εz) were equal (c = 0, no update) in {flat} consecutive steps, the last at step "
                 f"{step + 1}: the loss no longer responds to the parameters, as after a too large learning_rate "
