@@ -96,13 +96,21 @@ class LlamaConfig:
 
     @classmethod
     def from_hf(cls, hf_config) -> LlamaConfig:
-        """From a transformers config or its dict; raises ValueError on anything not implemented."""
+        """From a transformers config or its dict; raises ValueError on anything not implemented
+        (a family's own attributes come from its `_fields`, what it refuses from `_unsupported`)."""
         d = hf_config_dict(hf_config)
         cls._check_type(d)
-        refuse_unsupported(cls.model_type, d, UNSUPPORTED | {"sliding_window": lambda v: v is None,
-                                                              "use_sliding_window": lambda v: not v})
+        refuse_unsupported(cls.model_type, d, cls._unsupported())
+        return cls(**cls._fields(d))
+
+    @classmethod
+    def _unsupported(cls) -> dict:
+        return UNSUPPORTED | {"sliding_window": lambda v: v is None, "use_sliding_window": lambda v: not v}
+
+    @classmethod
+    def _fields(cls, d: dict) -> dict:
         bias = bool(d.get("attention_bias", False))
-        return cls(**cls._common(d), qkv_bias=bias, o_bias=bias, mlp_bias=bool(d.get("mlp_bias", False)))
+        return cls._common(d) | dict(qkv_bias=bias, o_bias=bias, mlp_bias=bool(d.get("mlp_bias", False)))
 
     @classmethod
     def _check_type(cls, d):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 
-from zojax.models.base import hf_config_dict, refuse_unsupported
 from zojax.models.llama.config import UNSUPPORTED, LlamaConfig
 
 
@@ -17,11 +16,12 @@ class MistralConfig(LlamaConfig):
     architecture = "MistralForCausalLM"
 
     @classmethod
-    def from_hf(cls, hf_config) -> MistralConfig:
-        d = hf_config_dict(hf_config)
-        cls._check_type(d)
-        refuse_unsupported(cls.model_type, d, UNSUPPORTED)
-        return cls(**cls._common(d), sliding_window=d.get("sliding_window"))
+    def _unsupported(cls) -> dict:
+        return UNSUPPORTED
+
+    @classmethod
+    def _fields(cls, d: dict) -> dict:
+        return cls._common(d) | dict(sliding_window=d.get("sliding_window"))
 
     def to_hf(self) -> dict:
         return self._hf_common() | {"sliding_window": self.sliding_window}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from zojax.models.base import hf_config_dict, refuse_unsupported
+from zojax.models.base import refuse_unsupported
 from zojax.models.llama.config import UNSUPPORTED, LlamaConfig
 
 LAYER_TYPES = ("full_attention", "sliding_attention")
@@ -46,11 +46,12 @@ class Qwen2Config(LlamaConfig):
     architecture = "Qwen2ForCausalLM"
 
     @classmethod
-    def from_hf(cls, hf_config) -> Qwen2Config:
-        d = hf_config_dict(hf_config)
-        cls._check_type(d)
-        refuse_unsupported(cls.model_type, d, UNSUPPORTED)
-        return cls(**cls._common(d), qkv_bias=True, **sliding_layers(cls, d))
+    def _unsupported(cls) -> dict:
+        return UNSUPPORTED
+
+    @classmethod
+    def _fields(cls, d: dict) -> dict:
+        return cls._common(d) | dict(qkv_bias=True, **sliding_layers(cls, d))
 
     def to_hf(self) -> dict:
         return self._hf_common() | hf_sliding_layers(self)

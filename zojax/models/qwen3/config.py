@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 
-from zojax.models.base import hf_config_dict, refuse_unsupported
 from zojax.models.llama.config import UNSUPPORTED, LlamaConfig
 from zojax.models.qwen2.config import hf_sliding_layers, sliding_layers
 
@@ -19,13 +18,14 @@ class Qwen3Config(LlamaConfig):
     architecture = "Qwen3ForCausalLM"
 
     @classmethod
-    def from_hf(cls, hf_config) -> Qwen3Config:
-        d = hf_config_dict(hf_config)
-        cls._check_type(d)
-        refuse_unsupported(cls.model_type, d, UNSUPPORTED)
+    def _unsupported(cls) -> dict:
+        return UNSUPPORTED
+
+    @classmethod
+    def _fields(cls, d: dict) -> dict:
         bias = bool(d.get("attention_bias", False))
         common = cls._common(d | {"head_dim": d.get("head_dim") or 128})  # transformers' Qwen3 default
-        return cls(**common, qkv_bias=bias, o_bias=bias, qk_norm=True, **sliding_layers(cls, d))
+        return common | dict(qkv_bias=bias, o_bias=bias, qk_norm=True, **sliding_layers(cls, d))
 
     def to_hf(self) -> dict:
         return self._hf_common() | {"attention_bias": self.qkv_bias} | hf_sliding_layers(self)
