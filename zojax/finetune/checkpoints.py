@@ -1,5 +1,5 @@
 """Orbax checkpoints of a run: ``checkpoints/<step>`` ({params, opt_state} + JSON metadata)
-and ``best/<step>`` (the best-dev params).
+and ``best/<step>`` (the best-dev params, when no checkpoint of that step holds them).
 
 Saving is idempotent: a step that already holds a checkpoint (left by a run that was killed
 and redid the step) is replaced, never a dead end. Orbax writes each step to a temporary
@@ -15,17 +15,17 @@ import jax
 
 
 class Checkpoints:
-    """The orbax checkpoints of one folder; ``keep`` latest steps (None: all)."""
+    """The orbax checkpoints of one folder (which steps to keep: :meth:`keep_only`)."""
 
-    def __init__(self, directory: Path, keep: int | None = None):
+    def __init__(self, directory: Path):
         import orbax.checkpoint as ocp
 
         self.ocp = ocp
-        options = ocp.CheckpointManagerOptions(max_to_keep=keep, cleanup_tmp_directories=True)
+        options = ocp.CheckpointManagerOptions(cleanup_tmp_directories=True)
         self.manager = ocp.CheckpointManager(Path(directory).absolute(), options=options)
 
     def steps(self) -> list[int]:
-        return list(self.manager.all_steps())
+        return sorted(self.manager.all_steps())
 
     def latest(self) -> int | None:
         return self.manager.latest_step()
@@ -55,3 +55,8 @@ class Checkpoints:
         args = self.ocp.args.Composite(state=self.ocp.args.StandardRestore(abstract), meta=self.ocp.args.JsonRestore())
         out = self.manager.restore(step, args=args)
         return out.state, out.meta
+
+
+def holding(step: int, ckpt: Checkpoints, best: Checkpoints) -> Checkpoints | None:
+    """Which of a run's two folders holds ``step``'s params: its checkpoint, else best/."""
+    return ckpt if step in ckpt.steps() else best if step in best.steps() else None

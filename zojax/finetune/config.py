@@ -72,7 +72,7 @@ _LOOP_FIELDS = [
     Field("eval_every", 50, "steps between dev evaluations (and at the end); 0 -> none", True),
     Field("eval_batch_size", 32, "examples per evaluation batch", True),
     Field("checkpoint_every", 50, "steps between checkpoints (and at the end); 0 -> none", True),
-    Field("keep_checkpoints", 2, "checkpoints kept (the latest ones); best/ is kept apart", True),
+    Field("keep_checkpoints", 2, "checkpoints kept: the latest ones, and the best-dev step's", True),
     Field("max_consecutive_skips", 10, "stop after this many consecutive skipped (non-finite) steps", True),
     Field("workdir", "runs/default", "the run folder: config, metrics, checkpoints, summary", True),
     Field("export_hf", False, "write the best-dev model as a transformers folder workdir/hf (full, lora)", True),

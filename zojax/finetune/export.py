@@ -17,7 +17,7 @@ import jax
 import numpy as np
 
 from zojax import sharding
-from zojax.finetune.checkpoints import Checkpoints
+from zojax.finetune.checkpoints import Checkpoints, holding
 from zojax.finetune.config import default_config
 from zojax.finetune.runfolder import RUN_FILE
 
@@ -67,15 +67,14 @@ def export_run(workdir: Path, step: int | None = None, out: Path | str | None = 
     if adapter and cfg.mode != "lora":
         raise ValueError(f"--adapter writes a PEFT LoRA folder; this run's mode is {cfg.mode!r}")
     ckpt, best = Checkpoints(workdir / "checkpoints"), Checkpoints(workdir / "best")
-    if step is None:
-        step, source = (best.latest(), best) if best.latest() is not None else (ckpt.latest(), ckpt)
+    if step is None:  # the best-dev step the latest checkpoint records, else best/'s, else the latest
+        latest = ckpt.latest()
+        recorded = ckpt.meta(latest)["best"]["step"] if latest is not None else None
+        step = recorded or best.latest() or latest
         if step is None:
             raise ValueError(f"{workdir} holds no checkpoint (checkpoint_every=0 and no evaluation?)")
-    elif step in ckpt.steps():
-        source = ckpt
-    elif step in best.steps():
-        source = best
-    else:
+    source = holding(step, ckpt, best)
+    if source is None:
         raise ValueError(f"{workdir} holds no checkpoint of step {step}; it has {sorted(set(ckpt.steps()) | set(best.steps()))}")
     model = load_model(cfg)
     trainable = make_trainable(cfg, model)

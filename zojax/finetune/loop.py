@@ -2,8 +2,10 @@
 
     workdir/run.json          the resolved config and, per start, the environment
     workdir/metrics.jsonl     one record per step and per evaluation (zojax.finetune.records)
-    workdir/checkpoints/<N>   params + optimizer state + metadata, the last keep_checkpoints
-    workdir/best/<N>          the best-dev params among the training evaluations
+    workdir/checkpoints/<N>   params + optimizer state + metadata: the last keep_checkpoints,
+                              and the best-dev step's when it is a checkpoint step
+    workdir/best/<N>          the best-dev params among the training evaluations, when no
+                              checkpoint holds them (each copy of SmolLM2-135M is 540 MB)
     workdir/summary.json      the final scores; also tensorboard/, loss.png, hf/, adapter/
 
 One jitted, donated step per batch shape. The data order is a pure function of
@@ -24,11 +26,10 @@ import numpy as np
 
 from zojax import sharding
 from zojax.finetune import records, runfolder
-from zojax.finetune.checkpoints import Checkpoints
+from zojax.finetune.checkpoints import Checkpoints, holding
 from zojax.finetune.config import distributed_arguments, validate
 from zojax.finetune.evaluate import evaluate, metric_name
 from zojax.finetune.setup import build, learning_rate, train_batch
-from zojax.finetune.step import all_finite
 
 
 def start_processes(cfg) -> None:
@@ -70,7 +71,7 @@ def run(cfg) -> dict:
     s = build(cfg, mesh=mesh)
     params, opt_state, base = s.params, s.opt_state, s.base
     evaluate_on = lambda p, split: evaluate(cfg, s.model, s.trainable, p, split, s.predict, mesh)
-    ckpt, best_ckpt = Checkpoints(out / "checkpoints", cfg.keep_checkpoints), Checkpoints(out / "best")
+    ckpt, best_ckpt = Checkpoints(out / "checkpoints"), Checkpoints(out / "best")
     start = ckpt.latest() or 0
     if start > cfg.steps:
         raise ValueError(f"steps={cfg.steps} is below the step of {out}'s latest checkpoint ({start})")
@@ -89,25 +90,42 @@ def run(cfg) -> dict:
 
     lr = learning_rate(cfg)
     skips = flat = 0  # consecutive skipped steps; consecutive ZO steps with c exactly 0
+    forced: set[int] = set()  # steps after the latest checkpoint skipped for non-finite parameters
+    like = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), (params, opt_state))
+
+    def redo(steps: int):
+        """The state after ``steps`` steps, redone from the latest checkpoint (or the start)."""
+        latest = ckpt.latest() or 0
+        if latest:
+            state = ckpt.restore(latest, {"params": like[0], "opt_state": like[1]})[0]
+            p, o = state["params"], state["opt_state"]
+        else:
+            fresh = build(cfg, mesh=mesh)
+            p, o = fresh.params, fresh.opt_state
+        for t in range(latest, steps):
+            batch = sharding.shard_rows(train_batch(cfg, s.data.train.encoded, t), mesh)
+            p, o, _ = s.step(p, o, base, *batch, skip=np.bool_(t + 1 in forced))
+        return p, o
+
     bar = progress_bar(cfg, start, enabled=main)
     for step in range(start, cfg.steps):
         runfolder.profile(cfg, out, step - start)
         t0 = time.perf_counter()
         batch = sharding.shard_rows(train_batch(cfg, s.data.train.encoded, step), mesh)
-        params, opt_state, record = s.step(params, opt_state, base, *batch)
+        params, opt_state, record = s.step(params, opt_state, base, *batch, skip=np.bool_(False))
         record = {"c": None, "f_plus": None, "f_minus": None, **{k: v.tolist() for k, v in sharding.to_host(record).items()}}
-        finite = bool(all_finite(params))
+        if not record.pop("finite"):
+            # The update made parameters non-finite and the step's input was donated: redo the
+            # state before this step and skip it, as a non-finite loss would be skipped.
+            forced.add(step + 1)
+            params = opt_state = None
+            params, opt_state = redo(step + 1)
+            record["skipped"] = True
         record.update(step=step + 1, lr=float(lr(step) if callable(lr) else lr), step_time=time.perf_counter() - t0)
-        skips = skips + 1 if record["skipped"] or not finite else 0
+        skips = skips + 1 if record["skipped"] else 0
         log.write(record)
         bar.update(1)
         bar.set_postfix(loss=f"{record['loss']:.4f}", step_s=f"{record['step_time']:.2f}")
-        if not finite:  # nothing of it is saved: the last checkpoint stays the run's state
-            raise FloatingPointError(
-                f"step {step + 1}'s update made parameters non-finite; the run stops without saving them "
-                f"(the latest checkpoint is step {ckpt.latest() or 0}); try a smaller learning_rate (now "
-                f"{cfg.learning_rate}) or set clip"
-            )
         if skips >= min(cfg.max_consecutive_skips, cfg.steps):
             raise skip_error(skips, step + 1, cfg)
         # A piecewise-constant objective (F1 of generated answers) gives c = 0 as a matter of course.
@@ -120,17 +138,21 @@ def run(cfg) -> dict:
                 f"(now {cfg.learning_rate}), or eps (now {cfg.eps}) is below the parameters' precision"
             )
         done = step + 1
+        checkpointing = cfg.checkpoint_every and (done % cfg.checkpoint_every == 0 or done == cfg.steps)
         if cfg.eval_every and (done % cfg.eval_every == 0 or done == cfg.steps):
             dev = evaluate_on(params, s.data.dev)
             log.write({"step": done, "event": "eval", "dev": dev})
             if best["dev"] is None or dev > best["dev"]:  # ties: the earlier step
                 best = {**best, "dev": dev, "step": done}
-                best_ckpt.save(done, {"params": params}, {"dev": dev})
-                # The previous best stays until a checkpoint records the new one.
-                best_ckpt.keep_only([done, *([b] if (b := saved_best(ckpt)) else [])])
-        if cfg.checkpoint_every and (done % cfg.checkpoint_every == 0 or done == cfg.steps):
+                if not checkpointing:  # else this step's checkpoint holds the params
+                    best_ckpt.save(done, {"params": params}, {"dev": dev})
+                    # The previous best stays until a checkpoint records the new one.
+                    best_ckpt.keep_only([done, *([b] if (b := saved_best(ckpt)) else [])])
+        if checkpointing:
             ckpt.save(done, {"params": params, "opt_state": opt_state}, {"step": done, "best": best, "config": cfg.to_dict()})
-            best_ckpt.keep_only([best["step"]])
+            ckpt.keep_only({*ckpt.steps()[-cfg.keep_checkpoints :], best["step"]})
+            best_ckpt.keep_only([] if best["step"] in ckpt.steps() else [best["step"]])
+            forced.clear()
     bar.close()
     runfolder.profile(cfg, out, None)
 
@@ -139,7 +161,8 @@ def run(cfg) -> dict:
     # checkpoint; without evaluations, the final ones.
     chosen = params
     if best["step"] not in (0, cfg.steps):
-        chosen = best_ckpt.restore(best["step"], {"params": params})[0]["params"]
+        source = holding(best["step"], ckpt, best_ckpt)
+        chosen = source.restore(best["step"], dict(zip(("params", "opt_state"), like[: 2 if source is ckpt else 1])))[0]["params"]
     test = evaluate_on(chosen, s.data.test)
     runfolder.export(cfg, s, chosen, out, write=main)
     summary = {

@@ -10,10 +10,11 @@ where it is used. First-order: ``jax.value_and_grad`` then ``tx.update``.
 
 A step whose loss is not finite is skipped: the parameters are unchanged, whatever else the
 chain adds (weight decay); ZO optimizers count such steps themselves and move on to the next
-z, first-order state is left as it was. Whether the new parameters are finite is checked
-apart, by :func:`all_finite` on the step's output: inside the step the check would keep a
-second copy of the largest leaves alive (measured on SmolLM2-135M: +152 MB of temporaries,
-1.17x the forward's peak).
+z, first-order state is left as it was. ``step(..., skip=True)`` skips the same way whatever
+the loss. The record says whether the new parameters are ``finite``: a reduction over the
+step's output, which needs no second copy of them (undoing a non-finite update inside the
+donated step would: +152 MB of temporaries on SmolLM2-135M). The loop redoes such a step with
+``skip=True`` from the state before it (:mod:`zojax.finetune.loop`).
 """
 
 from __future__ import annotations
@@ -44,17 +45,20 @@ def make_step(tx: optax.GradientTransformation, loss: Callable, zeroth_order: bo
 
     ``loss(params, *args)`` -> scalar, optionally with a ``param_hook=None`` keyword (ZO
     perturbs layer by layer through it). ``record``: ``loss`` (ZO: the mean of f(θ+εz) and
-    f(θ−εz)), ``skipped``, and for ZO ``f_plus``, ``f_minus`` and the projected gradient
-    ``c`` (shape (q,) with q directions). New params keep ``param_shardings`` if given.
+    f(θ−εz)), ``skipped``, ``finite`` (every new parameter is finite), and for ZO ``f_plus``,
+    ``f_minus`` and the projected gradient ``c`` (shape (q,) with q directions). ``skip``
+    (a bool scalar) skips the step as a non-finite loss would. New params keep
+    ``param_shardings`` if given.
     """
     hooked = takes_param_hook(loss)
 
-    def step(params, opt_state, *args):
+    def step(params, opt_state, *args, skip=False):
+        poisoned = lambda value: jnp.where(skip, jnp.nan, value)  # skipped as a non-finite loss is
         if zeroth_order:
             if hooked:
-                value_fn = lambda p, param_hook=None: loss(p, *args, param_hook=param_hook)
+                value_fn = lambda p, param_hook=None: poisoned(loss(p, *args, param_hook=param_hook))
             else:
-                value_fn = lambda p: loss(p, *args)
+                value_fn = lambda p: poisoned(loss(p, *args))
             updates, new_state = tx.update(None, opt_state, params, value_fn=value_fn)
             info = _first_info(new_state)
             ok = info.skipped == _first_info(opt_state).skipped
@@ -63,13 +67,13 @@ def make_step(tx: optax.GradientTransformation, loss: Callable, zeroth_order: bo
         else:
             value, grads = jax.value_and_grad(loss)(params, *args)
             updates, new_state = tx.update(grads, opt_state, params)
-            ok = jnp.isfinite(value)
+            ok = jnp.isfinite(value) & ~jnp.asarray(skip)
             new_state = jax.tree.map(lambda n, o: jnp.where(ok, n, o), new_state, opt_state)
             record = {"loss": value}
         new_params = optax.apply_updates(params, updates)
         new_params = jax.tree.map(lambda n, o: jnp.where(ok, n, o), new_params, params)
         if param_shardings is not None:
             new_params = jax.lax.with_sharding_constraint(new_params, param_shardings)
-        return new_params, new_state, {**record, "skipped": ~ok}
+        return new_params, new_state, {**record, "skipped": ~ok, "finite": all_finite(new_params)}
 
     return step
