@@ -13,7 +13,8 @@ load. Used to check the `flax.nnx` modules against the functional models they re
         [--optimizers mezo lozo adamezo] [--sampler gaussian]
 
 `--runs 0` prints the memory columns only (times "nan"), without running anything. The last
-column compares the compiled modules themselves: how many of each optimised HLO op they hold.
+column compares the compiled modules themselves: identical programs (but for names and source
+metadata), else the same number of each optimised HLO op, else the op totals.
 """
 
 import argparse
@@ -49,6 +50,24 @@ SMOLLM2 = dict(
 def op_counts(compiled) -> collections.Counter:
     """How many of each HLO op the optimised module holds (names and layouts aside)."""
     return collections.Counter(re.findall(r"= \S+ ([a-z][\w-]*)\(", compiled.as_text()))
+
+
+def canonical(compiled) -> str:
+    """The optimised module's text without what does not change the computation: source
+    metadata, the module's name and instruction names (numbered in order of appearance)."""
+    text = re.sub(r",? ?metadata=\{[^}]*\}", "", compiled.as_text())
+    text = re.sub(r"^HloModule \S+", "HloModule m", text, flags=re.M)
+    names: dict[str, str] = {}
+    return re.sub(r"%[\w.\-]+", lambda m: names.setdefault(m.group(0), f"%v{len(names)}"), text)
+
+
+def hlo_change(before: tuple, after: tuple) -> str:
+    (ops_before, text_before), (ops_after, text_after) = before, after
+    if text_before == text_after:
+        return "identical"
+    if ops_before == ops_after:
+        return "same op counts"
+    return f"{sum(ops_before.values())} -> {sum(ops_after.values())} ops"
 
 
 def other_models(checkout: Path):
@@ -87,13 +106,13 @@ def main():
     for side, model in models.items():
         loss = lm_loss(model.apply)
         forward = jax.jit(loss).lower(model.params, ids, mask).compile()
-        memory[side, "forward"], ops[side, "forward"] = Memory.of(forward), op_counts(forward)
+        memory[side, "forward"], ops[side, "forward"] = Memory.of(forward), (op_counts(forward), canonical(forward))
         runners[side, "forward"] = lambda f=forward, p=model.params: f(p, ids, mask).block_until_ready()
         shared = SharedSteps(model.params, ids, mask)
         for name in args.optimizers:
             tx = zo_optimizer(name, args.sampler, model.stacked, horizon=args.horizon)
             compiled = compile_step(zo_step(tx, loss), model.params, tx.init(model.params), ids, mask)
-            memory[side, name], ops[side, name] = Memory.of(compiled), op_counts(compiled)
+            memory[side, name], ops[side, name] = Memory.of(compiled), (op_counts(compiled), canonical(compiled))
             runners[side, name] = shared.add(compiled, past_warmup(tx.init(model.params)))
             print(f"  compiled {side} {name}", file=sys.stderr, flush=True)
     if args.runs:
@@ -115,12 +134,12 @@ def main():
                       f"{peak / memory[side, 'forward'].peak:.3f}"]
         before_t, after_t = seconds[f"before {name}"], seconds[f"after {name}"]
         cells += [f"{after_t / before_t:.3f}", f"{memory['after', name].peak / memory['before', name].peak:.4f}",
-                  "same" if ops["after", name] == ops["before", name] else
-                  f"{sum(ops['before', name].values())} -> {sum(ops['after', name].values())}"]
+                  hlo_change(ops["before", name], ops["after", name])]
         rows.append(cells)
     sides = [f"{s} {c}" for s in models for c in ("s", "step/2fwd", "peak", "peak/fwd")]
-    print(table(["function", *sides, "time after/before", "peak after/before", "HLO ops"], rows))
-    print("  (HLO ops: 'same' when the optimised modules hold the same number of each op)")
+    print(table(["function", *sides, "time after/before", "peak after/before", "HLO"], rows))
+    print("  (HLO: 'identical' when the optimised modules are the same program but for names and source\n"
+          "  metadata; 'same op counts' when they hold the same number of each op; else the op totals)")
 
 
 if __name__ == "__main__":
