@@ -47,7 +47,10 @@ _RUN_FIELDS = [
     Field("num_train", 0, "training examples; 0 -> the task's MeZO-protocol default"),
     Field("num_dev", 0, "dev examples (model selection); 0 -> protocol default"),
     Field("num_test", 0, "test examples; 0 -> protocol default", True),
+    Field("num_heldout", 0, "held-out training-split examples (disjoint from train and dev) whose training loss is logged at each evaluation; 0 -> none"),
+    Field("data_seed", -1, "seed of the data sample (train, dev, held-out, test, demonstrations); -1 -> seed"),
     Field("num_demos", 0, "in-context demonstrations prepended at evaluation"),
+    Field("calibrate", False, "evaluation only: content-free calibration (Zhao et al. 2021), scores divided by those of 'N/A', '', '[MASK]'"),
     Field("max_length", 256, "tokens per row (contexts keep their last tokens)"),
     Field("mode", "full", "'full', or 'lora' / 'prefix': train adapters, the base model frozen"),
     Field("lora_targets", "q_proj,v_proj", "comma-separated projection names LoRA adapts"),
@@ -139,8 +142,19 @@ def validate(cfg) -> None:
         raise ValueError(f"export_adapter writes a PEFT LoRA adapter folder; mode is {cfg.mode!r}, not 'lora'")
     if cfg.data_dir and not Path(cfg.data_dir).is_dir():
         raise ValueError(f"data_dir {cfg.data_dir!r} is not a directory")
+    if cfg.data_seed < -1:
+        raise ValueError(f"data_seed must be >= 0, or -1 to follow seed; got {cfg.data_seed}")
+    if cfg.num_heldout and cfg.objective == "f1":
+        raise ValueError("num_heldout: the held-out loss needs a differentiable objective, not 'f1'")
+    if cfg.calibrate:
+        if cfg.steps:
+            raise ValueError(f"calibrate is for evaluation-only runs (steps=0); steps is {cfg.steps}")
+        if tasks.get_task(cfg.task).kind != "classification":
+            raise ValueError(f"calibrate needs a classification task with fixed candidates; {cfg.task!r} is not one")
+        if cfg.num_demos:
+            raise ValueError("calibrate: content-free inputs with in-context demonstrations are not supported; use num_demos=0")
     for field in ("steps", "eval_every", "checkpoint_every", "num_demos", "num_train", "num_dev", "num_test",
-                  "warmup_steps", "profile"):
+                  "num_heldout", "warmup_steps", "profile"):
         if cfg[field] < 0:
             raise ValueError(f"{field} must be >= 0, got {cfg[field]}")
     for field in ("batch_size", "eval_batch_size", "max_length", "max_consecutive_skips", "max_new_tokens",
@@ -172,6 +186,11 @@ def distributed_arguments(spec: str) -> dict | None:
     if len(parts) != 3 or ":" not in parts[0] or not (parts[1].isdigit() and parts[2].isdigit()):
         raise ValueError(f"distributed must be '', 'auto' or 'HOST:PORT,NUM_PROCESSES,PROCESS_ID'; got {spec!r}")
     return {"coordinator_address": parts[0], "num_processes": int(parts[1]), "process_id": int(parts[2])}
+
+
+def data_seed(cfg) -> int:
+    """The seed of the data sample: ``cfg.data_seed``, or ``cfg.seed`` when it is -1."""
+    return cfg.seed if cfg.data_seed == -1 else cfg.data_seed
 
 
 def resumable_fields(saved: dict) -> set[str]:

@@ -1,13 +1,18 @@
 """Evaluation: accuracy of the highest-scoring candidate, or token F1 of greedy answers for
-generation tasks (SQuAD, DROP)."""
+generation tasks (SQuAD, DROP); per-example predictions; content-free calibration; the
+mean training loss of a held-out set."""
 
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from zojax import sharding, tasks
 from zojax.tasks import scoring
+
+# Zhao et al. 2021 ("Calibrate Before Use"), section 5: the content-free inputs averaged.
+CONTENT_FREE = ("N/A", "", "[MASK]")
 
 
 def metric_name(task: str) -> str:
@@ -15,32 +20,104 @@ def metric_name(task: str) -> str:
     return "F1" if tasks.get_task(task).kind == "generation" else "accuracy"
 
 
-def make_predict(trainable):
-    """jit(predict)(base, params, batch) -> each example's highest-scoring candidate."""
-    return jax.jit(lambda base, p, b: scoring.predict(trainable.apply(base, p, b.input_ids, b.attention_mask), b))
+def make_scores(trainable):
+    """jit(scores)(base, params, batch) -> [E, C] candidate scores (mean token log-likelihood)."""
+    return jax.jit(lambda base, p, b: scoring.example_scores(trainable.apply(base, p, b.input_ids, b.attention_mask), b))
 
 
-def evaluate(cfg, model, trainable, params, split, predict_fn, mesh=None) -> float:
-    """Accuracy of the highest mean log-likelihood candidate, or for generation tasks the
-    mean token F1 of greedy answers, over ``split`` (batches split over ``mesh`` if given)."""
+def make_predict(trainable, log_prior=None):
+    """jit(predict)(base, params, batch) -> each example's highest-scoring candidate; with
+    ``log_prior`` ([C], from :func:`content_free_prior`) the calibrated rule
+    argmax_y p(y|x) / p_cf(y), i.e. argmax of score − log_prior."""
+    prior = None if log_prior is None else jnp.asarray(log_prior, jnp.float32)
+
+    def predict(base, p, b):
+        scores = scoring.example_scores(trainable.apply(base, p, b.input_ids, b.attention_mask), b)
+        return jnp.argmax(scores if prior is None else scores - prior, axis=-1)
+
+    return jax.jit(predict)
+
+
+def content_free_examples(task: str, example, texts=CONTENT_FREE) -> list:
+    """``example``'s template applied with every text field replaced by each content-free text."""
+    template = tasks.get_task(task).template
+    return [template({k: (t if isinstance(v, str) else v) for k, v in example.fields.items()}) for t in texts]
+
+
+def content_free_prior(cfg, model, trainable, params, example, texts=CONTENT_FREE) -> np.ndarray:
+    """Content-free calibration (Zhao et al. 2021): log p_cf(y), p_cf the mean over the
+    content-free inputs of each candidate's probability exp(score) (the score of the
+    prediction rule). Normalising p_cf does not change the calibrated argmax."""
+    free = content_free_examples(cfg.task, example, texts)
+    if len({ex.candidates for ex in free} | {example.candidates}) != 1:
+        raise ValueError(f"content-free calibration needs the same candidates for every input; task {cfg.task!r} varies them")
+    encoded = tasks.encode(free, model.tokenizer, cfg.max_length)
+    batch = tasks.collate(encoded, rows=tasks.scoring_rows(encoded), max_length=cfg.max_length)
+    scores = np.asarray(sharding.to_host(make_scores(trainable)(trainable.base, params, batch)), np.float64)
+    return np.logaddexp.reduce(scores, axis=0) - np.log(len(texts))
+
+
+def predictions(cfg, model, trainable, params, split, predict_fn, mesh=None) -> list[dict]:
+    """One record per example of ``split``, in its order: ``{"index", "predicted", "gold",
+    "score"}``; score is 1/0 (correct) or, for generation tasks, the token F1 of the greedy
+    answer (predicted: its text, gold: the accepted answers)."""
     put = (lambda b: b) if mesh is None else (lambda b: sharding.shard_rows(b, mesh))
-    if not split.encoded:
-        return float("nan")
-    total = 0.0
+    out: list[dict | None] = [None] * len(split.encoded)
     # Batches of similar lengths pad less (benchmarks/scoring.py: 0.71x RTE's evaluation time).
     order = sorted(range(len(split.encoded)), key=lambda i: split.encoded[i].length)
     rows = tasks.scoring_rows(split.encoded)
+    generation = model.tokenizer is not None and tasks.get_task(cfg.task).kind == "generation"
     for start in range(0, len(order), cfg.eval_batch_size):
         indices = order[start : start + cfg.eval_batch_size]
         chunk = [split.encoded[i] for i in indices]
-        if model.tokenizer is not None and tasks.get_task(cfg.task).kind == "generation":
+        if generation:
             batch = tasks.collate(chunk, rows="context", max_length=cfg.max_length)
             full = trainable.view(trainable.base, params)
             ids, mask = put((batch.input_ids, batch.attention_mask))
             tokens = sharding.to_host(model.generate(full, ids, mask, cfg.max_new_tokens, model.tokenizer.eos_token_id))
-            examples = [split.examples[i] for i in indices]
-            total += sum(tasks.metrics.f1(p, ex.answers) for p, ex in zip(tasks.decode_answers(model.tokenizer, tokens), examples))
+            for i, text in zip(indices, tasks.decode_answers(model.tokenizer, tokens)):
+                answers = list(split.examples[i].answers)
+                out[i] = {"index": i, "predicted": text, "gold": answers, "score": tasks.metrics.f1(text, answers)}
         else:
             batch = tasks.collate(chunk, rows=rows, max_length=cfg.max_length)
-            total += int(np.sum(sharding.to_host(predict_fn(trainable.base, params, put(batch))) == batch.gold))
-    return total / len(split.encoded)
+            predicted = np.asarray(sharding.to_host(predict_fn(trainable.base, params, put(batch))))
+            for i, p, g in zip(indices, predicted.tolist(), batch.gold.tolist()):
+                out[i] = {"index": i, "predicted": p, "gold": g, "score": float(p == g)}
+    return out
+
+
+def evaluate(cfg, model, trainable, params, split, predict_fn, mesh=None) -> float:
+    """Accuracy of the highest mean log-likelihood candidate (``predict_fn``'s choice), or
+    for generation tasks the mean token F1 of greedy answers, over ``split`` (batches split
+    over ``mesh`` if given); NaN for an empty split."""
+    if not split.encoded:
+        return float("nan")
+    return float(np.mean([r["score"] for r in predictions(cfg, model, trainable, params, split, predict_fn, mesh)]))
+
+
+def make_heldout_loss(loss):
+    """jit(f)(params, base, batch) -> the training objective ``loss`` (setup.make_loss), unperturbed."""
+    return jax.jit(lambda p, base, b: loss(p, base, b, None))
+
+
+def heldout_loss(cfg, loss_fn, params, base, split, mesh=None) -> float:
+    """The training objective's mean over ``split`` (``loss_fn`` from :func:`make_heldout_loss`):
+    the classification loss averaged over examples, the LM loss over gold tokens, as one
+    batch of all of them would give; NaN for an empty split."""
+    if not split.encoded:
+        return float("nan")
+    rows = "gold" if cfg.objective == "lm" else tasks.scoring_rows(split.encoded)
+    order = sorted(range(len(split.encoded)), key=lambda i: split.encoded[i].length)
+    total = weight = 0.0
+    for start in range(0, len(order), cfg.eval_batch_size):
+        batch = tasks.collate([split.encoded[i] for i in order[start : start + cfg.eval_batch_size]], rows=rows,
+                              max_length=cfg.max_length)
+        if cfg.objective == "lm":
+            gold = batch.candidate_index == batch.gold[batch.example_index]
+            w = float(np.maximum((batch.target_mask & gold[:, None]).sum(), 1))
+        else:
+            w = float(len(batch.gold))
+        value = loss_fn(params, base, batch if mesh is None else sharding.shard_rows(batch, mesh))
+        total += w * float(sharding.to_host(value))
+        weight += w
+    return total / weight

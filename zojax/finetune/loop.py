@@ -7,6 +7,7 @@
     workdir/best/<N>          the best-dev params among the training evaluations, when no
                               checkpoint holds them (each copy of SmolLM2-135M is 540 MB)
     workdir/summary.json      the final scores; also tensorboard/, loss.png, hf/, adapter/
+    workdir/predictions.json  the test predictions of the scored parameters, one per example
 
 One jitted, donated step per batch shape. The data order is a pure function of
 ``(seed, step)`` and the optimizer state carries its keys, so a run killed at any moment
@@ -28,7 +29,7 @@ from zojax import sharding
 from zojax.finetune import records, runfolder
 from zojax.finetune.checkpoints import Checkpoints, holding
 from zojax.finetune.config import distributed_arguments, validate
-from zojax.finetune.evaluate import evaluate, metric_name
+from zojax.finetune.evaluate import content_free_prior, heldout_loss, make_heldout_loss, make_predict, metric_name, predictions
 from zojax.finetune.setup import build, learning_rate, train_batch
 
 
@@ -70,7 +71,17 @@ def run(cfg) -> dict:
     mesh = sharding.make_mesh(cfg.mesh)
     s = build(cfg, mesh=mesh)
     params, opt_state, base = s.params, s.opt_state, s.base
-    evaluate_on = lambda p, split: evaluate(cfg, s.model, s.trainable, p, split, s.predict, mesh)
+    predict = s.predict
+    if cfg.calibrate:  # evaluation only (validated): the zero-shot model's content-free prior
+        if not s.data.test.examples:
+            raise ValueError("calibrate: the test split is empty")
+        prior = content_free_prior(cfg, s.model, s.trainable, params, s.data.test.examples[0])
+        predict = make_predict(s.trainable, prior)
+    per_example = lambda p, split: predictions(cfg, s.model, s.trainable, p, split, predict, mesh)
+    score = lambda records: float(np.mean([r["score"] for r in records])) if records else float("nan")
+    evaluate_on = lambda p, split: score(per_example(p, split))
+    heldout_fn = make_heldout_loss(s.loss) if cfg.num_heldout else None
+    heldout = lambda p: {"heldout_loss": heldout_loss(cfg, heldout_fn, p, base, s.data.heldout, mesh)} if heldout_fn else {}
     ckpt, best_ckpt = Checkpoints(out / "checkpoints"), Checkpoints(out / "best")
     start = ckpt.latest() or 0
     if start > cfg.steps:
@@ -83,8 +94,9 @@ def run(cfg) -> dict:
     if start:
         log.text(f"resumed from step {start}")
     else:
-        zero_shot = {split: evaluate_on(params, getattr(s.data, split)) for split in ("dev", "test")}
-        log.write({"step": 0, "event": "zero_shot", **zero_shot})
+        test_records = per_example(params, s.data.test)
+        zero_shot = {"dev": evaluate_on(params, s.data.dev), "test": score(test_records)}
+        log.write({"step": 0, "event": "zero_shot", **zero_shot, **heldout(params)})
         log.text(f"zero-shot ({cfg.num_demos} demonstrations): dev {zero_shot['dev']:.3f}  test {zero_shot['test']:.3f}")
         best = {"dev": None, "step": 0, "zero_shot": zero_shot}  # among training evaluations
 
@@ -141,7 +153,7 @@ def run(cfg) -> dict:
         checkpointing = cfg.checkpoint_every and (done % cfg.checkpoint_every == 0 or done == cfg.steps)
         if cfg.eval_every and (done % cfg.eval_every == 0 or done == cfg.steps):
             dev = evaluate_on(params, s.data.dev)
-            log.write({"step": done, "event": "eval", "dev": dev})
+            log.write({"step": done, "event": "eval", "dev": dev, **heldout(params)})
             if best["dev"] is None or dev > best["dev"]:  # ties: the earlier step
                 best = {**best, "dev": dev, "step": done}
                 if not checkpointing:  # else this step's checkpoint holds the params
@@ -163,7 +175,9 @@ def run(cfg) -> dict:
     if best["step"] not in (0, cfg.steps):
         source = holding(best["step"], ckpt, best_ckpt)
         chosen = source.restore(best["step"], dict(zip(("params", "opt_state"), like[: 2 if source is ckpt else 1])))[0]["params"]
-    test = evaluate_on(chosen, s.data.test)
+    if start or cfg.steps:  # evaluation only: the zero-shot test records are the run's
+        test_records = per_example(chosen, s.data.test)
+    test = score(test_records)
     runfolder.export(cfg, s, chosen, out, write=main)
     summary = {
         "task": cfg.task, "model": cfg.model, "optimizer": cfg.optimizer, "steps": cfg.steps, "seed": cfg.seed,
@@ -173,6 +187,7 @@ def run(cfg) -> dict:
     log.close()
     if main:
         records.plot_loss(out / "metrics.jsonl", out / "loss.png", s.zeroth_order)
+        runfolder.write_json(out / "predictions.json", {"split": "test", "step": best["step"], "examples": test_records})
         runfolder.write_json(out / "summary.json", records.jsonable(summary))
         log.text(records.summary_table(summary))
     return {**summary, "params": params}

@@ -16,7 +16,7 @@ import optax
 
 import zojax
 from zojax import sharding, tasks
-from zojax.finetune.config import DEFAULT_MODEL, validate
+from zojax.finetune.config import DEFAULT_MODEL, data_seed, validate
 from zojax.finetune.evaluate import make_predict
 from zojax.finetune.step import make_step
 from zojax.optim import registry
@@ -38,18 +38,23 @@ class Data:
     dev: Split
     test: Split
     notes: tuple
+    heldout: Split = dataclasses.field(default_factory=lambda: Split([], []))
 
 
 def load_data(cfg, tokenizer) -> Data:
+    """The task's samples (seeded by ``data_seed(cfg)``), encoded; dev and test with their
+    demonstrations; ``heldout`` as training examples (``cfg.num_heldout``)."""
     sizes = {k: cfg[k] or None for k in ("num_train", "num_dev", "num_test")}
-    data = tasks.load_task(cfg.task, cfg.data_dir or None, seed=cfg.seed, **sizes)
+    seed = data_seed(cfg)
+    data = tasks.load_task(cfg.task, cfg.data_dir or None, seed=seed, num_heldout=cfg.num_heldout, **sizes)
 
     def split(examples, demonstrations: bool) -> Split:
         if demonstrations and cfg.num_demos:
-            examples = tasks.with_demonstrations(examples, data.train, cfg.num_demos, seed=cfg.seed)
-        return Split(examples, tasks.encode(examples, tokenizer, cfg.max_length))
+            examples = tasks.with_demonstrations(examples, data.train, cfg.num_demos, seed=seed)
+        return Split(examples, tasks.encode(examples, tokenizer, cfg.max_length) if examples else [])
 
-    return Data(data.task, split(data.train, False), split(data.dev, True), split(data.test, True), data.notes)
+    return Data(data.task, split(data.train, False), split(data.dev, True), split(data.test, True), data.notes,
+                split(data.heldout, False))
 
 
 def train_batch(cfg, encoded: list, step: int) -> tuple[tasks.Batch, np.ndarray]:

@@ -29,6 +29,9 @@ class TaskData:
       task: the registry entry.
       train, dev: disjoint samples of the training split.
       test: a sample of the validation split.
+      heldout: a sample of the training split disjoint from train and dev (empty unless
+        asked for), drawn from the end of the shuffled split so that it does not depend
+        on the train and dev sizes.
       notes: how the samples were drawn where that departs from the protocol, and
         where they came from.
     """
@@ -38,6 +41,7 @@ class TaskData:
     dev: list[Example]
     test: list[Example]
     notes: tuple[str, ...]
+    heldout: list[Example] = dataclasses.field(default_factory=list)
 
 
 def _jsonl_rows(path: Path) -> Iterator[tuple[str, Any]]:
@@ -197,6 +201,7 @@ def load_task(
     num_dev: int | None = None,
     num_test: int | None = None,
     seed: int = 0,
+    num_heldout: int = 0,
 ) -> TaskData:
     """Sample a task by the MeZO protocol.
 
@@ -207,6 +212,8 @@ def load_task(
     its size and train gets the rest; where the validation split is smaller, test
     gets all of it. Without a training split (e.g. BoolQ or SQuAD offline), all three
     are drawn disjointly from the validation split, as ``notes`` says.
+    ``num_heldout`` more examples of the training split (the last of its shuffled order,
+    disjoint from train and dev) form ``heldout``; with 0 the sample is as without it.
 
     ``data_dir``: the folder with the task's files, or a folder holding it under
     the task's folder name (e.g. ``data/RTE``). ``None`` reads the Hugging Face hub
@@ -232,8 +239,8 @@ def load_task(
     for split, pool in pools.items():
         if pool is not None:
             _check_labelled(pool, f"{task.name} {split}")
-    train, dev, test, sampling_notes = _sample(pools["train"], pools["validation"], *sizes, seed)
-    return TaskData(task, train, dev, test, (*notes, *sampling_notes))
+    train, dev, test, heldout, sampling_notes = _sample(pools["train"], pools["validation"], *sizes, seed, num_heldout)
+    return TaskData(task, train, dev, test, (*notes, *sampling_notes), heldout)
 
 
 def _sample(
@@ -243,23 +250,30 @@ def _sample(
     num_dev: int,
     num_test: int,
     seed: int,
-) -> tuple[list[Example], list[Example], list[Example], list[str]]:
+    num_heldout: int = 0,
+) -> tuple[list[Example], list[Example], list[Example], list[Example], list[str]]:
     rng = np.random.default_rng(seed)
     notes = []
     if train_pool is None:
-        if num_train + num_dev + num_test > len(val_pool):
+        if num_train + num_dev + num_test + num_heldout > len(val_pool):
             raise ValueError(
-                f"no training split: {num_train} + {num_dev} + {num_test} examples requested "
-                f"from {len(val_pool)} validation rows"
+                f"no training split: {num_train} + {num_dev} + {num_test} + {num_heldout} (held out) examples "
+                f"requested from {len(val_pool)} validation rows"
             )
         shuffled = [val_pool[i] for i in rng.permutation(len(val_pool))]
         test, rest = shuffled[:num_test], shuffled[num_test:]
+        heldout, rest = rest[len(rest) - num_heldout :], rest[: len(rest) - num_heldout]
         notes.append(
             f"no training split: train, dev and test were drawn disjointly from the "
             f"{len(val_pool)} validation rows"
         )
-        return rest[:num_train], rest[num_train : num_train + num_dev], test, notes
-    kept_train = max(0, min(num_train, len(train_pool) - num_dev))
+        return rest[:num_train], rest[num_train : num_train + num_dev], test, heldout, notes
+    if num_heldout and num_dev + num_heldout > len(train_pool):
+        raise ValueError(
+            f"the training split has {len(train_pool)} rows: too few for num_dev={num_dev} and "
+            f"num_heldout={num_heldout} disjoint examples"
+        )
+    kept_train = max(0, min(num_train, len(train_pool) - num_dev - num_heldout))
     if num_train and not kept_train:
         raise ValueError(
             f"the training split has {len(train_pool)} rows: too few for num_dev={num_dev} "
@@ -267,6 +281,7 @@ def _sample(
         )
     shuffled = [train_pool[i] for i in rng.permutation(len(train_pool))]
     train, dev = shuffled[:kept_train], shuffled[kept_train : kept_train + num_dev]
+    heldout = shuffled[len(shuffled) - num_heldout :]
     test = [val_pool[i] for i in rng.permutation(len(val_pool))[:num_test]]
     if len(train) < num_train:
         notes.append(
@@ -274,4 +289,4 @@ def _sample(
         )
     if len(test) < num_test:
         notes.append(f"test has {len(test)} of {num_test} examples (validation split: {len(val_pool)} rows)")
-    return train, dev, test, notes
+    return train, dev, test, heldout, notes
