@@ -56,6 +56,8 @@ def canonical(compiled) -> str:
     """The optimised module's text without what does not change the computation: source
     metadata, the module's name and instruction names (numbered in order of appearance)."""
     text = re.sub(r",? ?metadata=\{[^}]*\}", "", compiled.as_text())
+    # The FileNames / FunctionNames / FileLocations / StackFrames tables: Python source only.
+    text = re.sub(r"^(FileNames|FunctionNames|FileLocations|StackFrames)\n(.+\n)*", "", text, flags=re.M)
     text = re.sub(r"^HloModule \S+", "HloModule m", text, flags=re.M)
     names: dict[str, str] = {}
     return re.sub(r"%[\w.\-]+", lambda m: names.setdefault(m.group(0), f"%v{len(names)}"), text)
