@@ -474,9 +474,10 @@ def write_outputs(tasks, methods) -> None:
 # --------------------------------------------------------------------------- memory
 
 
-def measure_memory(task: str = TUNE_TASK, methods=METHODS) -> str:
+def measure_memory(task: str = TUNE_TASK, methods=METHODS, get_config=None, labels=LABELS) -> str:
     """Compile (without running) each method's step for ``task``'s step-0 batch and report
-    XLA's memory analysis; eval-only methods: the evaluation forward on the first test batch."""
+    XLA's memory analysis; eval-only methods: the evaluation forward on the first test batch.
+    ``get_config(method)``: the method's config (default: this table's config of ``task``)."""
     from zojax import compare, finetune, tasks as T
     from zojax.finetune.configs import reproduce as C
 
@@ -492,11 +493,11 @@ def measure_memory(task: str = TUNE_TASK, methods=METHODS) -> str:
     ]
     model = None
     for m in methods:
-        cfg = C.get_config(f"{task},{m}")
+        cfg = get_config(m) if get_config else C.get_config(f"{task},{m}")
         cfg.data_dir = str(ROOT / cfg.data_dir) if not os.path.isabs(cfg.data_dir) else cfg.data_dir
         model = finetune.load_model(cfg) if model is None else model
         b = finetune.build(cfg, model)
-        if m in EVAL_ONLY:
+        if not cfg.steps:
             rows = T.scoring_rows(b.data.test.encoded)
             batch = T.collate(b.data.test.encoded[: cfg.eval_batch_size], rows=rows, max_length=cfg.max_length)
             compiled = b.predict.lower(b.base, b.params, batch).compile()
@@ -507,10 +508,10 @@ def measure_memory(task: str = TUNE_TASK, methods=METHODS) -> str:
             opt = cfg.optimizer
         s = compare.memory_stats(compiled)
         if s is None:
-            lines.append(f"| {LABELS[m]} | {opt} | not reported by the backend | | | | |")
+            lines.append(f"| {labels[m]} | {opt} | not reported by the backend | | | | |")
         else:
             mb = {k: v / 2**20 for k, v in s.items()}
-            lines.append(f"| {LABELS[m]} | {opt} | {mb['argument']:.0f} | {mb['output']:.0f} | {mb['alias']:.0f} | {mb['temp']:.0f} | {mb['peak']:.0f} |")
+            lines.append(f"| {labels[m]} | {opt} | {mb['argument']:.0f} | {mb['output']:.0f} | {mb['alias']:.0f} | {mb['temp']:.0f} | {mb['peak']:.0f} |")
         print(lines[-1], flush=True)
         del compiled
     return "\n".join(lines) + "\n"
@@ -549,11 +550,11 @@ def provenance(resume: bool) -> dict:
         digest.update(str(f.relative_to(ROOT)).encode() + b"\0" + f.read_bytes())
     return {"time": time.strftime("%Y-%m-%d %H:%M:%S"), "resume": resume, "git_head": git("rev-parse", "HEAD"),
             "uncommitted": git("status", "--short", "zojax", "experiments/run.py").splitlines(),
-            "zojax_sha256": digest.hexdigest()}
+            "zojax_sha256": digest.hexdigest(), "load": list(os.getloadavg())}
 
 
-def run_row(row: Row) -> bool:
-    """Run (or continue) one row; True if it finished."""
+def run_row(row: Row, command_fn=command) -> bool:
+    """Run (or continue) one row (its command: ``command_fn(row, python)``); True if it finished."""
     global _child
     d, logs = ROOT / row.output_dir, ROOT / row.log_dir
     resume = (d / "run.json").exists()
@@ -562,8 +563,8 @@ def run_row(row: Row) -> bool:
     logs.mkdir(parents=True, exist_ok=True)
     with (logs / "provenance.jsonl").open("a") as f:
         f.write(json.dumps(provenance(resume)) + "\n")
-    cmd = command(row, python=sys.executable)
-    print(f"[{time.strftime('%H:%M:%S')}] {'resume' if resume else 'start'}: {shlex.join(command(row))}", flush=True)
+    cmd = command_fn(row, python=sys.executable)
+    print(f"[{time.strftime('%H:%M:%S')}] {'resume' if resume else 'start'}: {shlex.join(command_fn(row))}", flush=True)
     t0 = time.time()
     # Rows share evaluation shapes: a persistent compilation cache saves recompiling them.
     env = {"JAX_COMPILATION_CACHE_DIR": str(Path.home() / ".cache" / "zojax-reproduce-jax"), **os.environ}

@@ -1,0 +1,127 @@
+"""The second reproduction driver's planning and statistics: no model, a few seconds."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from experiments import reproduce as R
+from experiments import reproduce_v2 as V
+from zojax.finetune.configs import reproduce_v2 as C
+
+
+@pytest.fixture
+def results(tmp_path, monkeypatch):
+    """The driver reading and writing under an empty tmp root, the sample's majority fixed."""
+    monkeypatch.setattr(R, "ROOT", tmp_path)
+    monkeypatch.setattr(V, "majority", lambda: {"class": 1, "test": 0.509, "train_counts": [440, 560]})
+    return tmp_path
+
+
+def finish(root, row, heldout, correct=None, test=0.5):
+    """A finished row: held-out losses at steps 0, 100, ... (the last at row.steps), its
+    test predictions (correct: a bool per example), its summary."""
+    d = root / row.output_dir
+    d.mkdir(parents=True, exist_ok=True)
+    steps = np.linspace(0, row.steps, len(heldout)).astype(int)
+    with (d / "metrics.jsonl").open("w") as f:
+        for t in range(1, row.steps + 1):
+            f.write(json.dumps({"step": t, "loss": 1.0, "step_time": 2.0}) + "\n")
+        for t, v in zip(steps, heldout):
+            f.write(json.dumps({"step": int(t), "event": "eval", "dev": 0.5, "heldout_loss": v}) + "\n")
+    if correct is not None:
+        test = float(np.mean(correct))
+        examples = [{"index": i, "predicted": 1 if c else 0, "gold": 1, "score": float(c)} for i, c in enumerate(correct)]
+        (d / "predictions.json").write_text(json.dumps({"split": "test", "examples": examples}))
+    (d / "summary.json").write_text(json.dumps({"test": test, "best_dev": 0.6, "best_step": row.steps, "zero_shot": None}))
+
+
+def test_lr_grid_is_half_decades():
+    assert [V.lr_of(k) for k in (-10, -9, -8)] == [1e-5, 3.16e-5, 1e-4]
+
+
+def test_plan_grid_extends_past_an_edge_until_the_winner_is_interior():
+    assert V.plan_grid(0, {}) == ([0, -1, 1], None, False)
+    assert V.plan_grid(0, {0: 1.0, -1: 2.0}) == ([0, -1, 1], None, False)  # +1 not ended
+    assert V.plan_grid(0, {0: 1.0, -1: 2.0, 1: 3.0}) == ([0, -1, 1], 0, True)
+    # the low edge wins: -2 is added, then -3; -2 interior wins
+    assert V.plan_grid(0, {0: 2.0, -1: 1.0, 1: 3.0}) == ([0, -1, 1, -2], None, False)
+    assert V.plan_grid(0, {0: 2.0, -1: 1.0, 1: 3.0, -2: 0.5}) == ([0, -1, 1, -2, -3], None, False)
+    assert V.plan_grid(0, {0: 2.0, -1: 1.0, 1: 3.0, -2: 0.5, -3: 0.9}) == ([0, -1, 1, -2, -3], -2, True)
+    # a failed (inf) or diverged (nan) row loses; the top edge extends upward; ties take the lower k
+    assert V.plan_grid(0, {0: 1.0, -1: math.inf, 1: 0.5}) == ([0, -1, 1, 2], None, False)
+    assert V.plan_grid(0, {0: 1.0, -1: 1.0, 1: math.nan, -2: 3.0}) == ([0, -1, 1, -2], -1, True)
+    # at most max_size values: an edge winner then stands
+    assert V.plan_grid(0, {0: 2.0, -1: 1.0, 1: 3.0}, max_size=3) == ([0, -1, 1], -1, True)
+
+
+def test_reach_needs_the_loss_to_stay_at_or_below_the_target():
+    steps = [0, 100, 200, 300]
+    assert V.reach(steps, [1.0, 0.5, 0.7, 0.4], 0.6, 2) == 600  # dips at 100, back above at 200
+    assert V.reach(steps, [1.0, 0.5, 0.4, 0.3], 0.6, 2) == 200
+    assert V.reach(steps, [1.0, 0.5, 0.4, 0.6], 0.6, 3) == 300  # equal counts as reached
+    assert V.reach(steps, [1.0, 0.5, 0.4, 0.7], 0.6, 2) is None
+    assert V.reach(steps, [0.1, 0.1, 0.1, 0.1], 0.6, 2) == 0
+    assert V.reach(steps, [1.0, float("nan"), 0.4, 0.4], 0.6, 2) == 400  # NaN is not below
+
+
+def test_mcnemar_exact_hand_computed():
+    # b = 2 (only a right), c = 1: P[Bin(3, 1/2) <= 1] = 4/8, p = 1
+    assert V.mcnemar([1, 1, 1, 0], [0, 0, 1, 1]) == (2, 1, 1.0)
+    # b = 5, c = 0: 2 / 32
+    assert V.mcnemar([1] * 5 + [0], [0] * 5 + [0]) == (5, 0, pytest.approx(0.0625))
+    # b = 10, c = 2: 2 (1 + 12 + 66) / 4096
+    a = [1] * 10 + [0] * 2 + [1] * 3
+    b = [0] * 10 + [1] * 2 + [1] * 3
+    assert V.mcnemar(a, b) == (10, 2, pytest.approx(158 / 4096))
+    assert V.mcnemar([1, 0], [1, 0]) == (0, 0, 1.0)
+
+
+def test_plan_orders_controls_grids_round_robin_then_main_runs(results):
+    rows = V.plan()
+    assert [r.kind for r in rows[:3]] == ["control"] * 3
+    assert [r.method for r in rows[3:3 + len(V.TRAINED)]] == list(V.TRAINED)  # one value per method in turn
+    assert all(r.kind == "grid" for r in rows[3:]) and len(rows) == 3 + 3 * len(V.TRAINED)
+    start = V.GRID_START["mezo"]
+    for k, loss in ((start, 0.5), (start - 1, 0.6), (start + 1, 0.7)):  # the start wins: interior
+        finish(results, V.grid_row("mezo", k), [0.7, loss])
+    for k, loss in ((start, 0.5), (start - 1, 0.6), (start + 1, 0.4)):  # the top edge wins
+        finish(results, V.grid_row("lozo", k), [0.7, loss])
+    rows = V.plan()
+    assert V.grid_row("lozo", start + 2) in rows and V.grid("lozo")[2] is False
+    mains = [r for r in rows if r.kind == "main"]
+    assert mains == [V.Row("mezo", "main", V.lr_of(start), s, C.MAIN_STEPS) for s in C.SEEDS]
+    assert V.command(mains[1])[4:6] == [f"--config.learning_rate={V.fmt_lr(V.lr_of(start))}", f"--config.steps={C.MAIN_STEPS}"]
+
+
+def test_table_from_fake_finished_rows(results):
+    start = V.GRID_START
+    for m, losses in (("mezo", (0.5, 0.6, 0.7)), ("lozo", (0.5, 0.6, 0.7))):
+        for k, loss in zip((start[m], start[m] - 1, start[m] + 1), losses):
+            finish(results, V.grid_row(m, k), [0.7, loss])
+    n = 40
+    mezo_correct = np.arange(n) < 20
+    lozo_correct = np.arange(n) < 34  # 14 more right, none fewer: McNemar p = 2 / 2^14
+    curves = {"mezo": [0.7, 0.6, 0.55, 0.5], "lozo": [0.7, 0.5, 0.45, 0.4]}
+    for s in C.SEEDS:
+        for m in ("mezo", "lozo"):
+            finish(results, V.main_row(m, start[m], s), curves[m], mezo_correct if m == "mezo" else lozo_correct)
+    finish(results, V.Row("zero-shot", "control"), [0.7], test=0.549)
+    V.write_outputs()
+    table = (results / V.RESULTS / "table.md").read_text()
+    assert "| zero-shot | 54.9 |" in table and "| majority class (class 1 of train counts [440, 560]) | 50.9 |" in table
+    assert "| in-context (4) | not started |" in table
+    # LOZO: 85.0 in every seed; McNemar b = 14, c = 0
+    p = 2 / 2**14
+    assert f"| LOZO | {V.fmt_lr(V.lr_of(start['lozo']))} | 85.0 | 85.0 | 85.0 | 85.0 ± 0.0 | seed 0: 14, 0, {p:.3g}" in table
+    assert "| MeZO | 3.16e-05 | 50.0 | 50.0 | 50.0 | 50.0 ± 0.0 |" in table
+    assert "(b) LOZO is more accurate than MeZO: supported" in table
+    assert "(b) AdaMeZO is more accurate than MeZO: not decided at this budget" in table
+    # MeZO's final loss 0.5 in each seed: LOZO at 0.5 by step 100 (200 forward passes) and stays; MeZO at 2000
+    steps_per_eval = C.MAIN_STEPS // 3
+    assert f"| LOZO | {steps_per_eval * 2} | {steps_per_eval * 2} | {steps_per_eval * 2} |" in table
+    assert "(a) LOZO reaches MeZO's final held-out loss with fewer forward passes than MeZO: supported" in table
+    assert "(a) ZO-Adam reaches MeZO's final held-out loss with fewer forward passes than MeZO: not decided at this budget" in table
+    assert "(c) LOZO and AdaMeZO keep MeZO's memory: not decided at this budget" in table
+    assert (results / V.RESULTS / "heldout.png").exists()
