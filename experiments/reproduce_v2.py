@@ -6,6 +6,8 @@ loss, three seeds per method, the papers' claims tested; results in experiments/
     python -m experiments.reproduce_v2 --memory       # compiled peak memory per method -> v2/memory.md
     python -m experiments.reproduce_v2 --dry-run      # the rows planned now and their commands
 
+The driver measures the memory itself (once, after the controls).
+
 Rows (each one subprocess ``python -m experiments.run --config=reproduce_v2:<method> ...``,
 run, resumed and marked as in ``experiments/reproduce.py``, whose machinery this imports; a
 row is finished when its run folder holds summary.json):
@@ -524,6 +526,18 @@ def _memory_config(method: str):
     return cfg
 
 
+def run_memory() -> None:
+    """``--memory`` as a subprocess (its output in memory.log), committed when it succeeds."""
+    cmd = [sys.executable, "-m", "experiments.reproduce_v2", "--memory"]
+    print(f"[{time.strftime('%H:%M:%S')}] start: {shlex.join(cmd[1:])}", flush=True)
+    env = {"JAX_COMPILATION_CACHE_DIR": str(Path.home() / ".cache" / "zojax-reproduce-jax"), **os.environ}
+    with (R.ROOT / RESULTS / "memory.log").open("a") as log:
+        R._child = subprocess.Popen(cmd, cwd=R.ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
+        code = R._child.wait()
+        R._child = None
+    print(f"[{time.strftime('%H:%M:%S')}] memory: exit {code}", flush=True)
+
+
 def _terminate(signum, frame):
     child = R._child
     if child is not None and child.poll() is None:
@@ -582,6 +596,10 @@ def main(argv=None) -> int:
         if not todo:
             break
         row = todo[0]
+        if row.kind != "control" and not (R.ROOT / RESULTS / "memory.md").exists() and "memory" not in attempted:
+            attempted.add("memory")  # compile-only, after the controls: claim (c)
+            run_memory()
+            continue
         attempted.add(row)
         R.run_row(row, command)
         write_outputs()
