@@ -6,7 +6,8 @@ A family's model is a `flax.nnx` module (`zojax.models.llama.LlamaForCausalLM`, 
   anything the layers need besides their parameters (LLaMA: RoPE tables);
 - `layers`: one decoder layer whose parameters are stacked on a leading layer axis, with
   `qkv(h, aux) -> (q, k, v)` (`q [B, T, N, D]`, `k, v [B, T, K, D]`, K dividing N) and
-  `finish(h, o) -> h` (`o [B, T, N * D]` the attention output), and an optional `prefix`;
+  `finish(h, o) -> h` (`o [B, T, N * D]` the attention output), `attention_scale` (the scores'
+  scale, None for `D ** -0.5`; see `zojax.models.nn.attention`) and an optional `prefix`;
 - `logits(h, tables) -> [B, T, V] float32`, and `config` (`kv_shape`, `layer_windows()`).
 
 `tables` maps the name of a top-level embedding table to its row reader when the model runs
@@ -85,7 +86,7 @@ def _run_layers(model, layers, h, aux, mask, param_hook, positions, cache=None, 
         attend = mask if windows is None else mask & ((window == 0) | (distance < window))
         if layer.prefix is not None:
             k, v, attend = _with_prefix(layer.prefix, k, v, attend)
-        return (layer.finish(h, attention(q, k, v, attend)), cache), None
+        return (layer.finish(h, attention(q, k, v, attend, layer.attention_scale)), cache), None
 
     xs = (layers, jnp.arange(n_layers, dtype=jnp.int32), jnp.asarray(windows or (0,) * n_layers, jnp.int32))
     (h, cache), _ = jax.lax.scan(body, (h, cache), xs)

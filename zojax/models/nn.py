@@ -129,20 +129,26 @@ def stacked(n_layers: int, make: Callable[[nnx.Rngs], nnx.Module], rngs: nnx.Rng
     return build(rngs if rngs is not None else nnx.Rngs(0))
 
 
-def attention(q, k, v, mask):
-    """Softmax attention with grouped queries.
+def attention(q, k, v, mask, scale=None):
+    """Softmax attention with grouped queries, in the order of torch's CPU
+    `scaled_dot_product_attention` (transformers' default): scores `q k^T * scale` (`scale`
+    None: `D ** -0.5`), weights `exp(scores - max)`, output `(weights @ v) / sum(weights)`.
 
     q [B, T, N, D], k, v [B, S, K, D], mask [B, T, S] (True = may attend) -> [B, T, N * D].
-    Scores and softmax are float32. A row with nothing to attend to (a padding query) gets a
+    Scores and weights are float32. A row with nothing to attend to (a padding query) gets a
     uniform average instead of NaN, so it cannot poison later layers.
     """
     b, t, n, d = q.shape
     kh = k.shape[2]
     q = q.reshape(b, t, kh, n // kh, d)
     scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32)
-    scores = jnp.where(mask[:, None, None], scores * d**-0.5, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    return jnp.einsum("bkgts,bskd->btkgd", probs, v).reshape(b, t, n * d)
+    if scale != 1:
+        scores = scores * (d**-0.5 if scale is None else scale)
+    scores = jnp.where(mask[:, None, None], scores, jnp.finfo(jnp.float32).min)
+    weights = jnp.exp(scores - jnp.max(scores, axis=-1, keepdims=True))
+    out = jnp.einsum("bkgts,bskd->bkgtd", weights.astype(v.dtype), v, preferred_element_type=jnp.float32)
+    out = out / jnp.sum(weights, axis=-1, keepdims=True)
+    return jnp.einsum("bkgtd->btkgd", out.astype(v.dtype)).reshape(b, t, n * d)
 
 
 def rope_tables(inv_freq, positions, dtype):

@@ -52,7 +52,10 @@ class LlamaMLP(nnx.Module):
 
 class LlamaDecoderLayer(nnx.Module):
     """Pre-norm block: `h + attn(norm(h))`, then `h + mlp(norm(h))`. The attention itself (with
-    masks, KV cache and prefixes) is run by `zojax.models.base` between `qkv` and `finish`."""
+    masks, KV cache and prefixes) is run by `zojax.models.base` between `qkv` and `finish`, with
+    scores scaled by `attention_scale` (None: `head_dim ** -0.5`)."""
+
+    attention_scale = None
 
     def __init__(self, c: LlamaConfig, *, dtype=jnp.float32, rngs=None):
         self.input_layernorm = RMSNorm(c.hidden_size, c.rms_norm_eps, dtype=dtype, rngs=rngs)
@@ -71,7 +74,7 @@ class LlamaDecoderLayer(nnx.Module):
     def __call__(self, h, rope, mask):
         """The layer on its own: `h` [B, T, H], `rope` from `LlamaForCausalLM.embed`, `mask`
         [B, T, T] (True = may attend)."""
-        return self.finish(h, attention(*self.qkv(h, rope), mask))
+        return self.finish(h, attention(*self.qkv(h, rope), mask, self.attention_scale))
 
 
 class LlamaForCausalLM(nnx.Module):

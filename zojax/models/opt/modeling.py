@@ -14,7 +14,8 @@ from zojax.models.opt.config import POSITION_OFFSET, OPTConfig
 
 
 class OPTAttention(nnx.Module):
-    """q/k/v/out projections with biases."""
+    """q/k/v/out projections with biases; q is scaled by `head_dim ** -0.5` after its projection
+    (as in transformers' OPT), so the scores are not scaled again."""
 
     def __init__(self, c: OPTConfig, *, dtype=jnp.float32, rngs=None):
         h = c.hidden_size
@@ -25,12 +26,16 @@ class OPTAttention(nnx.Module):
 
     def qkv(self, x):
         b, t, _ = x.shape
-        return tuple(p(x).reshape(b, t, *self.kv_shape) for p in (self.q_proj, self.k_proj, self.v_proj))
+        q = self.q_proj(x) * self.kv_shape[1] ** -0.5
+        return tuple(y.reshape(b, t, *self.kv_shape) for y in (q, self.k_proj(x), self.v_proj(x)))
 
 
 class OPTDecoderLayer(nnx.Module):
     """Pre-LN (`h + attn(ln(h))`, `h + fc2(relu(fc1(ln(h))))`) or post-LN (the norms after each
-    residual sum). The attention itself is run by `zojax.models.base` between `qkv` and `finish`."""
+    residual sum). The attention itself is run by `zojax.models.base` between `qkv` and `finish`,
+    with scores scaled by `attention_scale` (1: q comes scaled from `qkv`)."""
+
+    attention_scale = 1.0
 
     def __init__(self, c: OPTConfig, *, dtype=jnp.float32, rngs=None):
         h = c.hidden_size
@@ -55,7 +60,7 @@ class OPTDecoderLayer(nnx.Module):
 
     def __call__(self, h, mask):
         """The layer on its own: `h` [B, T, H], `mask` [B, T, T] (True = may attend)."""
-        return self.finish(h, attention(*self.qkv(h, None), mask))
+        return self.finish(h, attention(*self.qkv(h, None), mask, self.attention_scale))
 
 
 class OPTForCausalLM(nnx.Module):
