@@ -1,5 +1,7 @@
 """The forward pass, the per-layer hook and generation against transformers and each other."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -38,6 +40,20 @@ def test_logits_match_transformers(loaded, batch, tiny_name, hf_logits, max_erro
     ref = hf_logits(hf, ids, mask)
     assert np.abs(ref).max() > 1  # the comparison below is not trivially small
     assert max_error(logits, ref, mask) < 2e-5
+
+
+def test_dynamic_rope_within_max_positions_is_the_default_rope(loaded, batch):
+    """While no position reaches `max_position_embeddings` (6), dynamic NTK scaling changes
+    nothing (transformers then uses its unscaled frequencies): the logits are those of the same
+    weights with the default RoPE, bit for bit."""
+    m, _ = loaded("llama_dynamic_rope")
+    ids, mask = (x[:, 3:9] for x in batch)  # 6, 5 and 6 tokens: positions 0..5
+    assert m.config.max_position_embeddings == 6 and m.config.rope_scaling is not None
+    default = zojax.models.Model(dataclasses.replace(m.config, rope_scaling=None), m.params)
+    logits = jax.jit(m.apply)(m.params, ids, mask)
+    np.testing.assert_array_equal(logits, jax.jit(default.apply)(default.params, ids, mask))
+    longer = [x[:, :9] for x in batch]  # row 2 reaches position 8: the base grows
+    assert np.abs(np.asarray(m.apply(m.params, *longer) - default.apply(default.params, *longer))).max() > 1e-3
 
 
 def test_module_is_an_nnx_module_over_the_same_arrays(loaded, batch):

@@ -206,12 +206,15 @@ class LlamaConfig:
         scaling depends on the call's largest position (`positions`, traced)."""
         d, s = self.head_dim, self.rope_scaling
         exponents = np.arange(0, d, 2, dtype=np.float32) / d
+        inv = 1.0 / self.rope_theta ** exponents  # float32 in transformers' order: the same values
         if isinstance(s, DynamicRopeScaling):
+            # The unscaled frequencies (host-computed, as above) up to `max_position_embeddings`;
+            # past it, the grown base (a float32 power of a traced length).
             m = self.max_position_embeddings
-            length = jnp.maximum(jnp.max(positions) + 1, m).astype(jnp.float32)
-            base = self.rope_theta * (s.factor * length / m - (s.factor - 1)) ** (d / (d - 2))
-            return (1.0 / base ** jnp.asarray(exponents)).astype(jnp.float32)
-        inv = 1.0 / self.rope_theta ** exponents
+            length = jnp.max(positions) + 1
+            stretch = s.factor * jnp.maximum(length, m).astype(jnp.float32) / m - (s.factor - 1)
+            grown = 1.0 / (self.rope_theta * stretch ** (d / (d - 2))) ** jnp.asarray(exponents)
+            return jnp.where(length > m, grown.astype(jnp.float32), inv)
         if isinstance(s, LinearRopeScaling):
             inv = inv / s.factor
         elif isinstance(s, Llama3RopeScaling):
