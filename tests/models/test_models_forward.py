@@ -10,8 +10,6 @@ import transformers
 
 import zojax.models
 
-ATOL = 1e-4
-
 
 @pytest.fixture(scope="module")
 def loaded(tiny_dir):
@@ -30,16 +28,33 @@ def loaded(tiny_dir):
     return get
 
 
-def test_logits_match_transformers(loaded, batch, tiny_name, hf_logits, max_error):
-    """Every family and layout, float32, padded rows included (measured: at most 1.4e-5, on
-    logits up to 9; float32 rounding over two layers)."""
+def test_logits_match_transformers(loaded, batch, tiny_name, hf_logits, max_error, logits_atol):
+    """Every family and layout, float32, padded rows included, against transformers' default
+    (sdpa) attention: within 1e-5 on logits up to 9 (measured 3.0e-6 to 8.1e-6).
+
+    What remains is float32 rounding, not a difference of formula: matmul accumulation order, exp
+    and rsqrt differ by an ulp between XLA and torch, and these random tiny models amplify it
+    (residual stream ~20). Measured on the same batch: transformers' sdpa and eager attention
+    differ by up to 5.3e-6, transformers' float32 logits are up to 7.3e-6 from its float64
+    ones, and zojax's up to 7.9e-6 (seed 0, every family but dynamic RoPE). Over ten random
+    seeds of these models, transformers' float32 is up to 1.4e-5 from its float64 (llama3 RoPE)
+    and zojax up to 1.8e-5 from transformers: 1e-5 holds for these models and this batch, with
+    little margin for other seeds or machines.
+
+    Dynamic NTK RoPE past `max_position_embeddings` (this batch reaches 10 > 6) is the one
+    exception, bound 1.3e-5 (measured 1.2e-5): its base is a float32 power of a length known
+    only at run time, and XLA's and torch's float32 powers differ by up to 4 ulps (each 2-4 ulps
+    from the exact value), which moves the RoPE angles; zojax given transformers' frequencies
+    measures 6.8e-6. Within `max_position_embeddings` the frequencies are transformers' own
+    (see test_dynamic_rope_within_max_positions_is_the_default_rope).
+    """
     m, hf = loaded(tiny_name)
     ids, mask = batch
     logits = jax.jit(m.apply)(m.params, ids, mask)
     assert logits.dtype == jnp.float32 and logits.shape == (3, 10, 101)
     ref = hf_logits(hf, ids, mask)
     assert np.abs(ref).max() > 1  # the comparison below is not trivially small
-    assert max_error(logits, ref, mask) < 2e-5
+    assert max_error(logits, ref, mask) < logits_atol(tiny_name)
 
 
 def test_dynamic_rope_within_max_positions_is_the_default_rope(loaded, batch):
