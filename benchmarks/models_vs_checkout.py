@@ -19,6 +19,7 @@ metadata), else the same number of each optimised HLO op, else the op totals.
 
 import argparse
 import collections
+import contextlib
 import re
 import sys
 from pathlib import Path
@@ -73,11 +74,14 @@ def hlo_change(before: tuple, after: tuple) -> str:
 
 
 def other_models(checkout: Path):
-    """`zojax.models` of another checkout, imported beside this one's (whose modules are put back)."""
+    """`zojax.models` of another checkout, imported beside this one's (whose modules are put
+    back), and that checkout's `zojax.models.*` modules, for :func:`their_modules`."""
     ours = {k: sys.modules.pop(k) for k in list(sys.modules) if k == "zojax" or k.startswith("zojax.")}
     sys.path.insert(0, str(checkout))
     try:
         import zojax.models as theirs
+
+        modules = {k: m for k, m in sys.modules.items() if k.startswith("zojax.models")}
     finally:
         sys.path.remove(str(checkout))
         for k in [k for k in sys.modules if k == "zojax" or k.startswith("zojax.")]:
@@ -85,7 +89,21 @@ def other_models(checkout: Path):
         sys.modules.update(ours)
     if not theirs.__file__.startswith(str(checkout)):
         raise RuntimeError(f"imported {theirs.__file__}, not the checkout {checkout}")
-    return theirs
+    return theirs, modules
+
+
+@contextlib.contextmanager
+def their_modules(modules: dict):
+    """`zojax.models.*` resolved to the other checkout's inside the block (its code imports
+    some modules at call time, e.g. the family registry)."""
+    ours = {k: sys.modules[k] for k in modules if k in sys.modules}
+    sys.modules.update(modules)
+    try:
+        yield
+    finally:
+        for k in modules:
+            del sys.modules[k]
+        sys.modules.update(ours)
 
 
 def main():
@@ -99,13 +117,14 @@ def main():
     parser.add_argument("--horizon", type=int, default=10, help="AdaMeZO's horizon")
     args = parser.parse_args()
 
-    theirs = other_models(args.checkout.absolute())
+    theirs, modules = other_models(args.checkout.absolute())
     new = zojax.models.init(zojax.models.LlamaConfig(**SMOLLM2))
     models = {"before": theirs.Model(theirs.LlamaConfig(**SMOLLM2), new.params), "after": new}
     ids, mask = random_batch(SMOLLM2["vocab_size"], args.batch, args.seq)
 
     runners, memory, ops = {}, {}, {}
-    for side, model in models.items():
+
+    def compile_side(side, model):
         loss = lm_loss(model.apply)
         forward = jax.jit(loss).lower(model.params, ids, mask).compile()
         memory[side, "forward"], ops[side, "forward"] = Memory.of(forward), (op_counts(forward), canonical(forward))
@@ -117,6 +136,10 @@ def main():
             memory[side, name], ops[side, name] = Memory.of(compiled), (op_counts(compiled), canonical(compiled))
             runners[side, name] = shared.add(compiled, past_warmup(tx.init(model.params)))
             print(f"  compiled {side} {name}", file=sys.stderr, flush=True)
+
+    with their_modules(modules):
+        compile_side("before", models["before"])
+    compile_side("after", models["after"])
     if args.runs:
         seconds = interleaved_medians({f"{s} {n}": f for (s, n), f in runners.items()}, args.runs)
     else:  # memory only
