@@ -2,8 +2,9 @@
 
 A family's model is a `flax.nnx` module (`zojax.models.llama.LlamaForCausalLM`, ...) with
 
-- `embed(input_ids, positions, tables) -> (h, aux)`: token (and position) embeddings; `aux` is
-  anything the layers need besides their parameters (LLaMA: RoPE tables);
+- `embed(input_ids, positions, tables, length=None) -> (h, aux)`: token (and position)
+  embeddings; `aux` is anything the layers need besides their parameters (LLaMA: RoPE tables);
+  every position is below `length` (static; None: T, as for positions from a mask);
 - `layers`: one decoder layer whose parameters are stacked on a leading layer axis, with
   `qkv(h, aux) -> (q, k, v)` (`q [B, T, N, D]`, `k, v [B, T, K, D]`, K dividing N) and
   `finish(h, o) -> h` (`o [B, T, N * D]` the attention output), `attention_scale` (the scores'
@@ -262,7 +263,7 @@ def _generate(config, params, input_ids, attention_mask, *, max_new_tokens, eos_
         slot = t + i - 1
         tok = jax.lax.dynamic_slice_in_dim(out, i - 1, 1, axis=1)
         position = (n_prompt + i - 1)[:, None]
-        h, aux = model.embed(tok, position, {})
+        h, aux = model.embed(tok, position, {}, length=s)
         attend = key_valid[:, None, :] & jax.lax.dynamic_slice_in_dim(causal, slot, 1)[None]
         h, cache = _run_layers(model, layers, h, aux, attend, _no_hook, (position, key_positions), cache, slot)
         nxt = jnp.argmax(model.logits(h, {})[:, 0], axis=-1).astype(jnp.int32)

@@ -54,6 +54,18 @@ class DynamicRopeScaling:
 
     factor: float
 
+    def inv_freq(self, theta: float, max_position_embeddings: int, dim: int, lengths) -> np.ndarray:
+        """The inverse frequencies [len(lengths), dim / 2] for each sequence length past
+        `max_position_embeddings`, computed on the host in transformers' float32 operations and
+        order (`_compute_dynamic_ntk_parameters`), each one in float64 and rounded to float32;
+        its power of the stretch has a float64 exponent, as torch's power of a 0-d tensor."""
+        r = lambda x: np.asarray(x, np.float64).astype(np.float32).astype(np.float64)
+        m = max_position_embeddings
+        stretch = r(r(r(self.factor) * r(lengths)) / r(m)) - r(self.factor - 1)
+        base = r(r(theta) * r(r(stretch) ** (dim / (dim - 2))))
+        exponents = r(r(np.arange(0, dim, 2)) / r(dim))
+        return (1.0 / r(base[:, None] ** exponents)).astype(np.float32)
+
 
 RopeScaling = Llama3RopeScaling | LinearRopeScaling | DynamicRopeScaling
 
@@ -201,20 +213,22 @@ class LlamaConfig:
         windows = tuple(self.sliding_window if t == "sliding_attention" else 0 for t in types)
         return windows if any(windows) else None
 
-    def inv_freq(self, positions=None):
+    def inv_freq(self, positions, length):
         """RoPE inverse frequencies [head_dim / 2] (float32), scaled as configured. `dynamic`
-        scaling depends on the call's largest position (`positions`, traced)."""
+        scaling depends on the call's largest position (`positions`, traced), each one below
+        `length` (static)."""
         d, s = self.head_dim, self.rope_scaling
         exponents = np.arange(0, d, 2, dtype=np.float32) / d
         inv = 1.0 / self.rope_theta ** exponents  # float32 in transformers' order: the same values
         if isinstance(s, DynamicRopeScaling):
-            # The unscaled frequencies (host-computed, as above) up to `max_position_embeddings`;
-            # past it, the grown base (a float32 power of a traced length).
+            # The run-time sequence length max(positions) + 1 is one of 1..length: a host table
+            # of the unscaled frequencies (row 0, lengths up to max_position_embeddings M) and
+            # of each length in (M, length], whose row is read on device.
             m = self.max_position_embeddings
-            length = jnp.max(positions) + 1
-            stretch = s.factor * jnp.maximum(length, m).astype(jnp.float32) / m - (s.factor - 1)
-            grown = 1.0 / (self.rope_theta * stretch ** (d / (d - 2))) ** jnp.asarray(exponents)
-            return jnp.where(length > m, grown.astype(jnp.float32), inv)
+            if length <= m:
+                return inv.astype(np.float32)
+            table = np.concatenate([inv[None], s.inv_freq(self.rope_theta, m, d, np.arange(m + 1, length + 1))])
+            return jnp.asarray(table)[jnp.clip(jnp.max(positions) + 1 - m, 0, length - m)]
         if isinstance(s, LinearRopeScaling):
             inv = inv / s.factor
         elif isinstance(s, Llama3RopeScaling):

@@ -90,10 +90,12 @@ class LlamaForCausalLM(nnx.Module):
             c.hidden_size, c.vocab_size, ("embed", "vocab"), dtype=dtype, rngs=rngs
         )
 
-    def embed(self, input_ids, positions, tables):
-        """Token embeddings and the RoPE tables the layers use."""
+    def embed(self, input_ids, positions, tables, length=None):
+        """Token embeddings and the RoPE tables the layers use (positions below `length`,
+        default T)."""
         h = self.embed_tokens(input_ids, tables.get("embed_tokens"))
-        return h, rope_tables(self.config.inv_freq(positions), positions, h.dtype)
+        inv_freq = self.config.inv_freq(positions, length or positions.shape[-1])
+        return h, rope_tables(inv_freq, positions, h.dtype)
 
     def logits(self, h, tables):
         x = self.norm(h)

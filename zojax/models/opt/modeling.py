@@ -80,7 +80,7 @@ class OPTForCausalLM(nnx.Module):
         self.lm_head = None if c.tie_word_embeddings else Dense(p, c.vocab_size, ("embed", "vocab"), dtype=dtype,
                                                                 rngs=rngs)
 
-    def embed(self, input_ids, positions, tables):
+    def embed(self, input_ids, positions, tables, length=None):
         x = self.embed_tokens(input_ids, tables.get("embed_tokens"))
         if self.project_in is not None:
             x = self.project_in(x)
