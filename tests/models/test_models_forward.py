@@ -44,7 +44,7 @@ def test_logits_match_transformers(loaded, batch, tiny_name, hf_logits, max_erro
     Dynamic NTK RoPE past `max_position_embeddings` (this batch reaches 10 > 6) measures 6.8e-6
     with its frequencies from a host table in transformers' float32 order (see
     test_dynamic_rope_frequencies_match_transformers); computed on device as a float32 power of
-    the run-time length instead, XLA's power is up to 5 ulps from torch's and it measured 1.2e-5.
+    the run-time length instead, they were up to 5 ulps from torch's and it measured 1.2e-5.
     """
     m, hf = loaded(tiny_name)
     ids, mask = batch
@@ -66,7 +66,7 @@ def test_dynamic_rope_frequencies_match_transformers(head_dim, theta, factor, ma
     1200 elements differs by 1 ulp with head_dim 8, where torch's power is the C library's
     powf; 1.6-1.9% by 1-2 ulps from 64 on, where it is vectorised, Sleef's powf_u10). Bit-equal
     for the lengths of the tiny model's batches (7 to 13). The former float32 power on device
-    had a third of the elements 1-5 ulps off."""
+    had 27-56% of the elements 1-5 ulps off."""
     import torch
     from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
