@@ -13,7 +13,7 @@ TensorBoard, plots), ``runfolder`` (what a run folder holds), ``loop`` (``run``)
 """
 
 from zojax.finetune.config import config_differences, default_config, fields, validate
-from zojax.finetune.evaluate import evaluate, make_predict, metric_name
+from zojax.finetune.evaluate import content_free_prior, evaluate, heldout_loss, make_predict, metric_name, predictions
 from zojax.finetune.loop import run
 from zojax.finetune.setup import (
     Data,
@@ -32,7 +32,7 @@ from zojax.finetune.step import all_finite, make_step
 from zojax.finetune import export  # noqa: I001  (export_run, save_adapter)
 
 __all__ = [
-    "Data", "Setup", "Split", "Trainable", "all_finite", "build", "export", "config_differences", "default_config", "evaluate",
-    "fields", "load_data", "load_model", "make_loss", "make_optimizer", "make_predict", "make_step", "make_trainable",
-    "metric_name", "run", "train_batch", "validate",
+    "Data", "Setup", "Split", "Trainable", "all_finite", "build", "content_free_prior", "export", "config_differences",
+    "default_config", "evaluate", "fields", "heldout_loss", "load_data", "load_model", "make_loss", "make_optimizer",
+    "make_predict", "make_step", "make_trainable", "metric_name", "predictions", "run", "train_batch", "validate",
 ]
