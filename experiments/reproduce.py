@@ -534,6 +534,21 @@ def _terminate(signum, frame):
     sys.exit(128 + signum)
 
 
+def take_lock(lock: Path) -> bool:
+    """Write this process's pid to ``lock`` (one driver at a time), unless the driver whose
+    pid it holds is still running."""
+    try:
+        other = int(lock.read_text().split()[0])
+        if other != os.getpid():
+            os.kill(other, 0)
+            print(f"another driver (pid {other}) is running; stop it first", file=sys.stderr)
+            return False
+    except (OSError, ValueError):
+        pass
+    lock.write_text(f"{os.getpid()}\n")
+    return True
+
+
 def provenance(resume: bool) -> dict:
     """What code a row (or its resumption) ran: the commit, the uncommitted zojax files and a
     hash of every zojax source file (others edit the library while rows run)."""
@@ -626,16 +641,8 @@ def main(argv=None) -> int:
     if args.retry_failed:
         for r in plan(tasks, methods):
             (ROOT / r.log_dir / "FAILED").unlink(missing_ok=True)
-    lock = ROOT / LOCK
-    try:
-        other = int(lock.read_text().split()[0])
-        if other != os.getpid():
-            os.kill(other, 0)
-            print(f"another driver (pid {other}) is running; stop it first", file=sys.stderr)
-            return 1
-    except (OSError, ValueError):
-        pass
-    lock.write_text(f"{os.getpid()}\n")
+    if not take_lock(ROOT / LOCK):
+        return 1
     attempted, waited = set(), False
     while True:  # the plan is recomputed after each row: later tasks use the lr chosen on SST-2
         rows = plan(tasks, methods)

@@ -571,16 +571,8 @@ def main(argv=None) -> int:
     write_outputs()
     if args.only_table:
         return 0
-    lock = R.ROOT / LOCK
-    try:
-        other = int(lock.read_text().split()[0])
-        if other != os.getpid():
-            os.kill(other, 0)
-            print(f"another driver (pid {other}) is running; stop it first", file=sys.stderr)
-            return 1
-    except (OSError, ValueError):
-        pass
-    lock.write_text(f"{os.getpid()}\n")
+    if not R.take_lock(R.ROOT / LOCK):
+        return 1
     signal.signal(signal.SIGTERM, _terminate)
     if args.retry_failed:
         for r in plan():
