@@ -56,6 +56,9 @@ def test_first_order_baseline_reduces_the_loss(tiny_model, small_config, tmp_pat
         ("task", "imdb", r"unknown task 'imdb'; choose one of \['boolq', 'cb'"),
         ("mode", "adapters", r"unknown mode 'adapters'; choose one of \['full'"),
         ("model", "no-such-model", r"unknown model 'no-such-model'; use 'smollm2-135m'"),
+        ("pad_to", "0", r"pad_to must be a positive int, 'pow2' or a list"),
+        ("pad_to", "64,many", r"pad_to must be a positive int, 'pow2' or a list"),
+        ("pad_to", "64,512", r"pad_to lengths must be at most max_length \(256\)"),
     ],
 )
 def test_unknown_names_fail_before_loading(field, value, message, tmp_path):
@@ -65,6 +68,24 @@ def test_unknown_names_fail_before_loading(field, value, message, tmp_path):
     with pytest.raises(ValueError, match=message):
         finetune.run(cfg)
     assert not (tmp_path / "run").exists()
+
+
+def test_batches_are_padded_to_the_listed_lengths_one_compiled_step_each(tiny_model, small_config, tmp_path, capsys):
+    from zojax.finetune import setup
+
+    cfg = small_config(tmp_path / "run", steps=8, eval_every=0, checkpoint_every=0, pad_to="12,16,24,64")
+    finetune.run(cfg)
+    printed = [line for line in capsys.readouterr().out.splitlines() if "compiled for" in line]
+    # Each step's longest row (the context alone when one row scores every single-token
+    # candidate, else context + candidate), mapped by hand to the first length holding it.
+    tokenizer = finetune.load_model(cfg).tokenizer
+    encoded = setup.load_data(cfg, tokenizer).train.encoded
+    shared = tasks.scoring_rows(encoded) == "shared"
+    row = lambda e: [len(e.context)] if shared else [len(e.context) + len(c) for c in e.candidates]
+    longest = [max(n for i in setup.train_batch(cfg, encoded, t)[1] for n in row(encoded[i])) for t in range(cfg.steps)]
+    lengths = sorted({next(b for b in (12, 16, 24, 64) if b >= n) for n in longest})
+    assert len(set(longest)) > len(lengths)  # the list merged different lengths
+    assert printed == [f"the training step compiled for {len(lengths)} batch shape(s), lengths {lengths} (pad_to='12,16,24,64')"]
 
 
 def test_in_context_evaluation_prepends_demonstrations(tiny_model, small_config, tmp_path):

@@ -43,6 +43,12 @@ def test_padded_length():
     assert [padded_length(n) for n in (1, 16, 17, 40)] == [16, 16, 32, 48]
     assert [padded_length(n, "pow2") for n in (1, 5, 16, 17, 100)] == [1, 8, 16, 32, 128]
     assert padded_length(17, 16, max_length=20) == 20
+    # A list of lengths: the first that holds the row; none -> max_length (else the row's own).
+    assert [padded_length(n, (64, 32, 128)) for n in (1, 32, 33, 100, 128)] == [32, 32, 64, 128, 128]
+    assert padded_length(200, (64, 128), max_length=256) == 256
+    assert padded_length(200, (64, 128)) == 200
+    with pytest.raises(ValueError, match="bucket must be"):
+        padded_length(5, (0, 16))
     assert padded_length(30, 16, max_length=20) == 30
     with pytest.raises(ValueError, match="bucket"):
         padded_length(3, 0)

@@ -52,6 +52,7 @@ _RUN_FIELDS = [
     Field("num_demos", 0, "in-context demonstrations prepended at evaluation"),
     Field("calibrate", False, "evaluation only: content-free calibration (Zhao et al. 2021), scores divided by those of 'N/A', '', '[MASK]'"),
     Field("max_length", 256, "tokens per row (contexts keep their last tokens)"),
+    Field("pad_to", "16", "batch lengths: multiples of N ('16'), 'pow2', or a list '64,128,256' (each run compiles one step per length)"),
     Field("mode", "full", "'full', or 'lora' / 'prefix': train adapters, the base model frozen"),
     Field("lora_targets", "q_proj,v_proj", "comma-separated projection names LoRA adapts"),
     Field("lora_rank", 8, "LoRA rank r"),
@@ -171,8 +172,28 @@ def validate(cfg) -> None:
         raise ValueError(f"warmup_steps ({cfg.warmup_steps}) must not exceed steps ({cfg.steps})")
     if cfg.wandb and importlib.util.find_spec("wandb") is None:
         raise ValueError(f"wandb={cfg.wandb!r}: the wandb package is not installed (pip install wandb)")
+    pad_lengths(cfg)
     sharding.parse_mesh(cfg.mesh)
     distributed_arguments(cfg.distributed)
+
+
+def pad_lengths(cfg) -> int | str | tuple[int, ...]:
+    """The ``bucket`` of ``tasks.collate`` that ``cfg.pad_to`` names: an int (multiples of
+    it), ``"pow2"``, or a tuple of lengths, each at most ``max_length``."""
+    spec = str(cfg.pad_to).strip()
+    if spec == "pow2":
+        return spec
+    try:
+        lengths = tuple(int(x) for x in spec.split(","))
+    except ValueError:
+        lengths = ()
+    if not lengths or min(lengths) < 1:
+        raise ValueError(f"pad_to must be a positive int, 'pow2' or a list like '64,128,256'; got {cfg.pad_to!r}")
+    if len(lengths) == 1 and "," not in spec:
+        return lengths[0]
+    if max(lengths) > cfg.max_length:
+        raise ValueError(f"pad_to lengths must be at most max_length ({cfg.max_length}); got {cfg.pad_to!r}")
+    return lengths
 
 
 def distributed_arguments(spec: str) -> dict | None:

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from zojax import sharding, tasks
+from zojax.finetune.config import pad_lengths
 from zojax.tasks import scoring
 
 # Zhao et al. 2021 ("Calibrate Before Use"), section 5: the content-free inputs averaged.
@@ -52,7 +53,7 @@ def content_free_prior(cfg, model, trainable, params, example, texts=CONTENT_FRE
     if len({ex.candidates for ex in free} | {example.candidates}) != 1:
         raise ValueError(f"content-free calibration needs the same candidates for every input; task {cfg.task!r} varies them")
     encoded = tasks.encode(free, model.tokenizer, cfg.max_length)
-    batch = tasks.collate(encoded, rows=tasks.scoring_rows(encoded), max_length=cfg.max_length)
+    batch = tasks.collate(encoded, rows=tasks.scoring_rows(encoded), bucket=pad_lengths(cfg), max_length=cfg.max_length)
     scores = np.asarray(sharding.to_host(make_scores(trainable)(trainable.base, params, batch)), np.float64)
     return np.logaddexp.reduce(scores, axis=0) - np.log(len(texts))
 
@@ -71,7 +72,7 @@ def predictions(cfg, model, trainable, params, split, predict_fn, mesh=None) -> 
         indices = order[start : start + cfg.eval_batch_size]
         chunk = [split.encoded[i] for i in indices]
         if generation:
-            batch = tasks.collate(chunk, rows="context", max_length=cfg.max_length)
+            batch = tasks.collate(chunk, rows="context", bucket=pad_lengths(cfg), max_length=cfg.max_length)
             full = trainable.view(trainable.base, params)
             ids, mask = put((batch.input_ids, batch.attention_mask))
             tokens = sharding.to_host(model.generate(full, ids, mask, cfg.max_new_tokens, model.tokenizer.eos_token_id))
@@ -79,7 +80,7 @@ def predictions(cfg, model, trainable, params, split, predict_fn, mesh=None) -> 
                 answers = list(split.examples[i].answers)
                 out[i] = {"index": i, "predicted": text, "gold": answers, "score": tasks.metrics.f1(text, answers)}
         else:
-            batch = tasks.collate(chunk, rows=rows, max_length=cfg.max_length)
+            batch = tasks.collate(chunk, rows=rows, bucket=pad_lengths(cfg), max_length=cfg.max_length)
             predicted = np.asarray(sharding.to_host(predict_fn(trainable.base, params, put(batch))))
             for i, p, g in zip(indices, predicted.tolist(), batch.gold.tolist()):
                 out[i] = {"index": i, "predicted": p, "gold": g, "score": float(p == g)}
@@ -111,7 +112,7 @@ def heldout_loss(cfg, loss_fn, params, base, split, mesh=None) -> float:
     total = weight = 0.0
     for start in range(0, len(order), cfg.eval_batch_size):
         batch = tasks.collate([split.encoded[i] for i in order[start : start + cfg.eval_batch_size]], rows=rows,
-                              max_length=cfg.max_length)
+                              bucket=pad_lengths(cfg), max_length=cfg.max_length)
         if cfg.objective == "lm":
             gold = batch.candidate_index == batch.gold[batch.example_index]
             w = float(np.maximum((batch.target_mask & gold[:, None]).sum(), 1))

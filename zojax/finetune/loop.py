@@ -119,11 +119,13 @@ def run(cfg) -> dict:
             p, o, _ = s.step(p, o, base, *batch, skip=np.bool_(t + 1 in forced))
         return p, o
 
+    shapes = set()  # the training batches' shapes in this process
     bar = progress_bar(cfg, start, enabled=main)
     for step in range(start, cfg.steps):
         runfolder.profile(cfg, out, step - start)
         t0 = time.perf_counter()
         batch = sharding.shard_rows(train_batch(cfg, s.data.train.encoded, step), mesh)
+        shapes.add(batch[0].input_ids.shape)  # one compiled step each
         params, opt_state, record = s.step(params, opt_state, base, *batch, skip=np.bool_(False))
         record = {"c": None, "f_plus": None, "f_minus": None, **{k: v.tolist() for k, v in sharding.to_host(record).items()}}
         if not record.pop("finite"):
@@ -166,6 +168,9 @@ def run(cfg) -> dict:
             best_ckpt.keep_only([] if best["step"] in ckpt.steps() else [best["step"]])
             forced.clear()
     bar.close()
+    if shapes:
+        lengths = sorted({shape[1] for shape in shapes})
+        log.text(f"the training step compiled for {len(shapes)} batch shape(s), lengths {lengths} (pad_to={cfg.pad_to!r})")
     runfolder.profile(cfg, out, None)
 
     # The test scores the best-dev parameters among the evaluations during training (the

@@ -16,7 +16,7 @@ import optax
 
 import zojax
 from zojax import sharding, tasks
-from zojax.finetune.config import DEFAULT_MODEL, data_seed, validate
+from zojax.finetune.config import DEFAULT_MODEL, data_seed, pad_lengths, validate
 from zojax.finetune.evaluate import make_predict
 from zojax.finetune.step import make_step
 from zojax.optim import registry
@@ -65,7 +65,7 @@ def train_batch(cfg, encoded: list, step: int) -> tuple[tasks.Batch, np.ndarray]
     order = np.random.default_rng([cfg.seed, epoch]).permutation(len(encoded))
     rows = {"lm": "gold", "f1": "context"}.get(cfg.objective) or tasks.scoring_rows(encoded)
     chosen = order[i * cfg.batch_size : (i + 1) * cfg.batch_size]
-    return tasks.collate([encoded[j] for j in chosen], rows=rows, max_length=cfg.max_length), chosen
+    return tasks.collate([encoded[j] for j in chosen], rows=rows, bucket=pad_lengths(cfg), max_length=cfg.max_length), chosen
 
 
 # --------------------------------------------------------------------------- what is trained

@@ -82,8 +82,11 @@ def encode(examples: Sequence[Example], tokenizer: Any, max_length: int = 2048) 
     return out
 
 
-def padded_length(n: int, bucket: int | str = 16, max_length: int | None = None) -> int:
-    """``n`` rounded up to a multiple of ``bucket``, or to a power of two if ``bucket="pow2"``.
+def padded_length(n: int, bucket: int | str | Sequence[int] = 16, max_length: int | None = None) -> int:
+    """``n`` rounded up to a multiple of ``bucket``, to a power of two if ``bucket="pow2"``,
+    or to the first of the lengths ``bucket`` (a sequence of ints) that holds it (none:
+    ``max_length``, else ``n``). So a run's batches take at most as many shapes as there are
+    lengths.
 
     The result is capped at ``max_length`` (but never below ``n``).
     """
@@ -91,19 +94,22 @@ def padded_length(n: int, bucket: int | str = 16, max_length: int | None = None)
         length = 1 << max(n - 1, 0).bit_length()
     elif isinstance(bucket, int) and bucket > 0:
         length = -(-n // bucket) * bucket
+    elif isinstance(bucket, (tuple, list)) and bucket and all(isinstance(b, int) and b > 0 for b in bucket):
+        length = next((b for b in sorted(bucket) if b >= n), max_length or n)
     else:
-        raise ValueError(f"bucket must be a positive int or 'pow2', got {bucket!r}")
+        raise ValueError(f"bucket must be a positive int, 'pow2' or a sequence of positive ints, got {bucket!r}")
     return length if max_length is None else min(length, max(max_length, n))
 
 
 def collate(
     encoded: Sequence[Encoded],
     rows: str = "all",
-    bucket: int | str = 16,
+    bucket: int | str | Sequence[int] = 16,
     max_length: int | None = None,
     pad_id: int = 0,
 ) -> Batch:
-    """Pad examples into one :class:`Batch`, to their own longest row rounded up by ``bucket``.
+    """Pad examples into one :class:`Batch`, to their own longest row rounded up by ``bucket``
+    (see :func:`padded_length`).
 
     ``rows``: "all" (a row per candidate: scoring and classification loss), "shared"
     (a row per example, its context, scoring single-token candidates from the logits at
