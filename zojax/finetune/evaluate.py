@@ -91,9 +91,12 @@ def evaluate(cfg, model, trainable, params, split, predict_fn, mesh=None) -> flo
     """Accuracy of the highest mean log-likelihood candidate (``predict_fn``'s choice), or
     for generation tasks the mean token F1 of greedy answers, over ``split`` (batches split
     over ``mesh`` if given); NaN for an empty split."""
-    if not split.encoded:
-        return float("nan")
-    return float(np.mean([r["score"] for r in predictions(cfg, model, trainable, params, split, predict_fn, mesh)]))
+    return mean_score(predictions(cfg, model, trainable, params, split, predict_fn, mesh))
+
+
+def mean_score(records: list[dict]) -> float:
+    """The mean ``score`` of :func:`predictions`' records (accuracy or F1); NaN for none."""
+    return float(np.mean([r["score"] for r in records])) if records else float("nan")
 
 
 def make_heldout_loss(loss):

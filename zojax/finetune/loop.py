@@ -29,7 +29,7 @@ from zojax import sharding
 from zojax.finetune import records, runfolder
 from zojax.finetune.checkpoints import Checkpoints, holding
 from zojax.finetune.config import distributed_arguments, validate
-from zojax.finetune.evaluate import content_free_prior, heldout_loss, make_heldout_loss, make_predict, metric_name, predictions
+from zojax.finetune.evaluate import content_free_prior, heldout_loss, make_heldout_loss, make_predict, mean_score, metric_name, predictions
 from zojax.finetune.setup import build, learning_rate, train_batch
 
 
@@ -78,8 +78,7 @@ def run(cfg) -> dict:
         prior = content_free_prior(cfg, s.model, s.trainable, params, s.data.test.examples[0])
         predict = make_predict(s.trainable, prior)
     per_example = lambda p, split: predictions(cfg, s.model, s.trainable, p, split, predict, mesh)
-    score = lambda records: float(np.mean([r["score"] for r in records])) if records else float("nan")
-    evaluate_on = lambda p, split: score(per_example(p, split))
+    evaluate_on = lambda p, split: mean_score(per_example(p, split))
     heldout_fn = make_heldout_loss(s.loss) if cfg.num_heldout else None
     heldout = lambda p: {"heldout_loss": heldout_loss(cfg, heldout_fn, p, base, s.data.heldout, mesh)} if heldout_fn else {}
     ckpt, best_ckpt = Checkpoints(out / "checkpoints"), Checkpoints(out / "best")
@@ -95,7 +94,7 @@ def run(cfg) -> dict:
         log.text(f"resumed from step {start}")
     else:
         test_records = per_example(params, s.data.test)
-        zero_shot = {"dev": evaluate_on(params, s.data.dev), "test": score(test_records)}
+        zero_shot = {"dev": evaluate_on(params, s.data.dev), "test": mean_score(test_records)}
         log.write({"step": 0, "event": "zero_shot", **zero_shot, **heldout(params)})
         log.text(f"zero-shot ({cfg.num_demos} demonstrations): dev {zero_shot['dev']:.3f}  test {zero_shot['test']:.3f}")
         best = {"dev": None, "step": 0, "zero_shot": zero_shot}  # among training evaluations
@@ -182,7 +181,7 @@ def run(cfg) -> dict:
         chosen = source.restore(best["step"], dict(zip(("params", "opt_state"), like[: 2 if source is ckpt else 1])))[0]["params"]
     if start or cfg.steps:  # evaluation only: the zero-shot test records are the run's
         test_records = per_example(chosen, s.data.test)
-    test = score(test_records)
+    test = mean_score(test_records)
     runfolder.export(cfg, s, chosen, out, write=main)
     summary = {
         "task": cfg.task, "model": cfg.model, "optimizer": cfg.optimizer, "steps": cfg.steps, "seed": cfg.seed,
