@@ -15,6 +15,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 import zojax
 from zojax.finetune.step import make_step
@@ -101,6 +102,21 @@ def past_warmup(state):
 def zo_step(tx, loss):
     """`step(params, state, ids, mask) -> (params, state, record)`: the fine-tuning loop's ZO step."""
     return make_step(tx, loss, zeroth_order=True)
+
+
+def plain_step(tx, loss, in_place: bool):
+    """`step(params, state, ids, mask) -> (params, state)` through the generic path, as for a
+    model of one's own: `value_fn(params)` without `param_hook`, so the optimizer perturbs a copy
+    of the whole tree, or (`in_place`) the parameters themselves (`zojax.in_place_update`)."""
+
+    def step(params, state, ids, mask):
+        value_fn = lambda p: loss(p, ids, mask)
+        if in_place:
+            return zojax.in_place_update(tx, params, state, value_fn)
+        updates, state = tx.update(None, state, params, value_fn=value_fn)
+        return optax.apply_updates(params, updates), state
+
+    return step
 
 
 def fo_step(tx, loss):

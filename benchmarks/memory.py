@@ -3,7 +3,9 @@ SmolLM2-135M (float32) and an OPT-1.3B-shaped model (bfloat16).
 
 Every function is compiled ahead of time from parameter shapes only (nothing is run), with
 params and optimizer state donated, on a `--batch` x `--seq` batch with the next-token
-cross-entropy loss; the ZO steps perturb the model through its `param_hook`. Memory is XLA's
+cross-entropy loss; the ZO steps perturb the model through its `param_hook`. The "plain value_fn"
+rows (float32 models) take the generic path a model of one's own takes, `value_fn(params)`
+without `param_hook`: a perturbed copy of the tree, or `zojax.in_place_update`. Memory is XLA's
 `memory_analysis()`: peak = argument + output - alias + temp. The goal is a ZO step's peak at
 most 1.10x the forward's (`jax.jit(loss)`); the first-order row is jax.grad + optax.adam.
 
@@ -29,6 +31,7 @@ from common import (
     lm_loss,
     mb,
     n_params,
+    plain_step,
     random_batch,
     table,
     zo_optimizer,
@@ -88,6 +91,13 @@ def measure(model: Model, args) -> tuple[Memory, dict]:
             state = jax.eval_shape(tx.init, model.params)
             rows[name, sampler] = compiled_memory(zo_step(tx, loss), model.params, state, ids, mask)
             print(f"  compiled {name} / {sampler} in {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
+    if not args.no_generic and all(x.dtype == jnp.float32 for x in jax.tree.leaves(model.params)):
+        for name in args.optimizers:
+            tx = zo_optimizer(name, "gaussian", model.stacked, horizon=args.horizon)
+            state = jax.eval_shape(tx.init, model.params)
+            for in_place in (False, True):
+                label = f"{name}, plain value_fn" + (", in_place_update" if in_place else "")
+                rows[label, "gaussian"] = compiled_memory(plain_step(tx, loss, in_place), model.params, state, ids, mask)
     if not args.no_first_order:
         tx = optax.adam(1e-5)
         rows["first-order adam", "-"] = compiled_memory(
@@ -104,6 +114,8 @@ def main():
     parser.add_argument("--optimizers", nargs="+", choices=ZO_OPTIMIZERS, default=["mezo", "lozo", "lozo-m", "adamezo"])
     parser.add_argument("--samplers", nargs="+", choices=(*SAMPLERS, "threefry"), default=[*SAMPLERS, "threefry"])
     parser.add_argument("--horizon", type=int, default=10, help="AdaMeZO's horizon")
+    parser.add_argument("--no-generic", action="store_true",
+                        help="skip the generic path's rows (value_fn without param_hook, float32 models only)")
     parser.add_argument("--no-first-order", action="store_true", help="skip the jax.grad + adam step")
     args = parser.parse_args()
 

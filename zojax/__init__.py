@@ -7,7 +7,7 @@
 """
 
 from zojax import perturb, sharding
-from zojax.estimate import fill_masked, two_point
+from zojax.estimate import fill_masked, in_place_update, two_point
 from zojax.optim import (
     AdaMeZOState,
     LOZOState,
