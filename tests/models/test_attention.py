@@ -69,10 +69,22 @@ def test_query_with_nothing_to_attend_to_is_finite():
 
 
 @pytest.mark.skipif(jax.default_backend() == "gpu", reason="needs a machine without cuDNN")
-def test_16_bit_on_a_gpu_without_cudnn_falls_back_to_xla(monkeypatch):
-    """On a GPU, 16-bit inputs try cuDNN first; when it refuses (here: not installed) while
-    tracing, XLA's implementation answers."""
+def test_16_bit_on_one_gpu_tries_cudnn_then_falls_back_to_xla(monkeypatch):
+    """On one GPU, 16-bit inputs try cuDNN first; when it refuses while tracing (here: not
+    installed), XLA's implementation answers. float32 goes to XLA directly."""
     q, k, v, mask = inputs(jnp.bfloat16)
     expected = nn.attention(q, k, v, mask)
+    tried = []
+    real = jax.nn.dot_product_attention
+
+    def spy(*args, implementation, **kwargs):
+        tried.append(implementation)
+        return real(*args, implementation=implementation, **kwargs)
+
+    monkeypatch.setattr(jax.nn, "dot_product_attention", spy)
     monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    monkeypatch.setattr(jax, "device_count", lambda: 1)
     np.testing.assert_array_equal(nn.attention(q, k, v, mask), expected)
+    assert tried == ["cudnn", "xla"]
+    nn.attention(*(x.astype(jnp.float32) for x in (q, k, v)), mask)
+    assert tried == ["cudnn", "xla", "xla"]

@@ -138,15 +138,17 @@ def attention(q, k, v, mask, scale=None):
     16-bit inputs too. A query with nothing to attend to (a padding row) attends to every key
     instead, so its output is finite and cannot poison later layers.
 
-    16-bit inputs on a GPU go to cuDNN's fused attention where it takes them (cuDNN needs
-    fp16/bf16 and a head size it fuses); everything else, float32 on GPU included, runs XLA's
-    implementation (`implementation=None` in jax 0.10 always means XLA).
+    16-bit inputs on a single GPU go to cuDNN's fused attention where it takes them (cuDNN needs
+    fp16/bf16 and a head size it fuses); everything else runs XLA's implementation: float32 on
+    GPU, and meshes of several devices, where cuDNN's partitioning rules (no sharded head or
+    sequence dimension) would fail at compile time, past any fallback. `implementation=None`
+    in jax 0.10 always means XLA.
     """
     b, t, n, d = q.shape
     dtype = v.dtype
     mask = (mask | ~jnp.any(mask, axis=-1, keepdims=True))[:, None]  # [B, 1, T, S]
     gpu = jax.default_backend() == "gpu"
-    if q.dtype in (jnp.bfloat16, jnp.float16) and gpu:
+    if q.dtype in (jnp.bfloat16, jnp.float16) and gpu and jax.device_count() == 1:
         try:
             out = jax.nn.dot_product_attention(q, k, v, mask=mask, scale=scale, implementation="cudnn")
             return out.reshape(b, t, n * d)
