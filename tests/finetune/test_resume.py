@@ -12,9 +12,12 @@ import subprocess
 import time
 from pathlib import Path
 
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+
+from zojax.finetune.step import all_finite
 
 ROOT = Path(__file__).parents[2]
 pytestmark = pytest.mark.skipif(
@@ -124,6 +127,21 @@ def test_a_wild_learning_rate_stops_the_run_and_nothing_non_finite_is_saved(smal
             state = restore(workdir / folder / str(step) / "state")  # opt_state's info: a skipped step's NaN f±
             params = [v for k, v in state.items() if k[0] == "params"]
             assert params and all(np.all(np.isfinite(v)) for v in params), (folder, step)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_all_finite_is_numpy_isfinite_over_every_leaf(dtype):
+    """The step's finiteness record against numpy's, for trees with one ±inf, one NaN, values
+    near the dtype's largest (finite, and x·0 is still 0) or nothing wrong."""
+    rng = np.random.default_rng(0)
+    big = float(jnp.finfo(dtype).max)
+    for bad in (None, np.inf, -np.inf, np.nan, big, -big):
+        tree = {"a": rng.normal(size=(3, 40, 50)), "b": {"c": rng.normal(size=(7,)), "d": np.full((2, 2), big)}}
+        if bad is not None:
+            tree["a"][rng.integers(3), rng.integers(40), rng.integers(50)] = bad
+        tree = {"a": jnp.asarray(tree["a"], dtype), "b": {k: jnp.asarray(v, dtype) for k, v in tree["b"].items()}}
+        expected = all(np.isfinite(np.asarray(x, np.float32)).all() for x in (tree["a"], tree["b"]["c"], tree["b"]["d"]))
+        assert bool(all_finite(tree)) == expected, bad
 
 
 @pytest.mark.parametrize("checkpoint_every", [2, 0])
