@@ -8,6 +8,7 @@ import pytest
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory):
     """A 2-layer random LLaMA saved as a transformers folder, with SmolLM2's tokenizer."""
+    import torch
     import transformers
 
     from zojax.models import default_model_path
@@ -19,6 +20,7 @@ def tiny_model(tmp_path_factory):
         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True,
     )
     folder = tmp_path_factory.mktemp("tiny_llama")
+    torch.manual_seed(0)  # the same random model in every session
     transformers.LlamaForCausalLM(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder

@@ -114,14 +114,18 @@ def test_killed_ten_times_and_resumed_ends_bit_identical(small_config, cli, tmp_
 
 def test_a_wild_learning_rate_stops_the_run_and_nothing_non_finite_is_saved(small_config, cli, tmp_path):
     workdir = tmp_path / "run"
-    cfg = small_config(workdir, learning_rate=1e38, steps=30, checkpoint_every=1, eval_every=1, max_consecutive_skips=3)
+    # lr·c·z overflows float32 (3.4e38) wherever |c·z| > 1.1.
+    cfg = small_config(workdir, learning_rate=3e38, steps=30, checkpoint_every=1, eval_every=1, max_consecutive_skips=3)
     result = subprocess.run(cli(cfg), cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode != 0
-    assert "3 consecutive steps were skipped" in result.stderr and "learning_rate" in result.stderr, result.stderr[-2000:]
+    assert "learning_rate" in result.stderr, result.stderr[-2000:]
     records = [r for r in metrics(workdir) if "loss" in r]  # strict JSON
-    # Each step's loss was finite (θ was), its update was not: skipped, one record per step.
-    assert [(r["step"], r["skipped"]) for r in records] == [(1, True), (2, True), (3, True)]
     assert all(r["loss"] is not None for r in records)
+    if "3 consecutive steps were skipped" in result.stderr:
+        # Each step's loss was finite (θ was), its update was not: skipped, one record per step.
+        assert [(r["step"], r["skipped"]) for r in records] == [(1, True), (2, True), (3, True)]
+    else:  # an update small enough to stay finite saturated the model: the loss stopped responding
+        assert "were equal (c = 0, no update) in 3 consecutive steps" in result.stderr, result.stderr[-2000:]
     for folder in ("checkpoints", "best"):
         for step in numbered(workdir / folder):
             state = restore(workdir / folder / str(step) / "state")  # opt_state's info: a skipped step's NaN f±
