@@ -23,8 +23,10 @@ transformers' LLaMA with the same weights) with N threads, in the same rounds.
         [--horizon 10] [--no-first-order] [--breakdown] [--generic] [--torch-threads 1]
 
 `--breakdown` also times, in the same rounds and per kind of direction, z generated and added to
-every leaf (in place, as a MeZO update does) and one forward pass perturbed through the hook,
-and splits each step into two perturbed forwards and the rest (the update).
+every leaf (in place, as a MeZO update does), the sum of h z added in one pass (an AdaMeZO
+update's replay) and one forward pass perturbed through the hook. It splits each step into two
+perturbed forwards and the rest (the update), and its `parts` column is the step's ratio as the
+sum of those parts timed alone: two perturbed forward passes and the update's draws of z.
 """
 
 import argparse
@@ -74,19 +76,36 @@ def direction_kind(optimizer: str, sampler: str):
     return f"dense {sampler}", base
 
 
-def parts_runners(model, loss, ids, mask, sampler, shared: SharedSteps) -> tuple:
-    """Two no-argument functions: add z to every leaf in place (`perturb` with a scale of 0
-    passed at run time, on the shared donated params: the work of a MeZO update), and one
-    forward pass perturbed by `sampler`'s z through the parameter hook."""
+def parts_runners(model, loss, ids, mask, sampler, horizon: int, shared: SharedSteps) -> dict:
+    """No-argument functions timing the parts of a step, by label: `z` adds z to every leaf in
+    place (`perturb` with a scale of 0 passed at run time, on the shared donated params: the work
+    of a MeZO update); `replay` adds the sum of `horizon` z of different counters in one pass (the
+    work of an AdaMeZO update); `perturbed` is one forward pass perturbed through the hook."""
     key = zojax.perturb.as_key(0)
 
     def add_z(params, scale, ids, mask):
         return zojax.perturb.perturb(params, sampler, key, 0, scale, model.stacked), scale
 
-    compiled = compile_step(add_z, model.params, jnp.float32(0), ids, mask)
+    def add_replay(params, scale, ids, mask):
+        def one(k, p):
+            return p + scale * sum(sampler(k, i, p.shape) for i in range(horizon))
+
+        return zojax.perturb.for_each_leaf(one, key, params, model.stacked), scale
+
     hook = zojax.perturb.make_param_hook(sampler, key, 0, 1e-3)
     perturbed = jax.jit(lambda p: loss(p, ids, mask, param_hook=hook))
-    return shared.add(compiled, jnp.float32(0)), lambda: perturbed(model.params).block_until_ready()
+    return {
+        "z": shared.add(compile_step(add_z, model.params, jnp.float32(0), ids, mask), jnp.float32(0)),
+        "replay": shared.add(compile_step(add_replay, model.params, jnp.float32(0), ids, mask), jnp.float32(0)),
+        "perturbed": lambda: perturbed(model.params).block_until_ready(),
+    }
+
+
+def parts(optimizer: str, seconds: dict, kind: str, forward_s: float) -> float:
+    """The step / (2 x forward) of the step's parts timed alone: its two perturbed forward passes
+    and its update's regeneration of z (MeZO, LOZO: one z; AdaMeZO: the replay of h)."""
+    update = seconds[f"replay: {kind}"] if optimizer.startswith("adamezo") else seconds[f"z: {kind}"]
+    return (2 * seconds[f"perturbed: {kind}"] + update) / (2 * forward_s)
 
 
 def torch_reference(model, ids, mask, threads: int):
@@ -157,7 +176,8 @@ def main():
         runners[f"PyTorch reference MeZO, {n} thread{'s' * (n > 1)} / torch.normal"] = torch_reference(model, ids, mask, n)
     kinds = dict(direction_kind(n, s) for n in args.optimizers for s in args.samplers) if args.breakdown else {}
     for kind, sampler in kinds.items():
-        runners[f"z: {kind}"], runners[f"perturbed: {kind}"] = parts_runners(model, loss, ids, mask, sampler, shared)
+        for part, run in parts_runners(model, loss, ids, mask, sampler, args.horizon, shared).items():
+            runners[f"{part}: {kind}"] = run
 
     seconds = interleaved_medians(runners, args.runs)
     forward_s = seconds["forward"]
@@ -170,7 +190,7 @@ def main():
     rows = []
     mezo_s = seconds.get("mezo / gaussian")
     for label, t in seconds.items():
-        if label == "forward" or label.startswith(("z: ", "perturbed: ")):
+        if label == "forward" or label.startswith(("z: ", "replay: ", "perturbed: ")):
             continue
         name, sampler = label.rsplit(" / ", 1)
         mem = memory.get((name, sampler))
@@ -182,9 +202,12 @@ def main():
                f"{mem.peak / forward_mem.peak:.2f}" if mem else "-"]
         if kinds:
             kind = direction_kind(name, sampler)[0] if name in args.optimizers else None
-            row.append(f"{t - 2 * seconds['perturbed: ' + kind]:.3f}" if kind in kinds else "-")
+            if kind in kinds:
+                row += [f"{t - 2 * seconds['perturbed: ' + kind]:.3f}", f"{parts(name, seconds, kind, forward_s):.2f}"]
+            else:
+                row += ["-", "-"]
         rows.append(row)
-    print(table(["step", "sampler", "time s", "step / 2 fwd", "goal", "vs goal", "peak / fwd", *(["rest s"] if kinds else [])], rows))
+    print(table(["step", "sampler", "time s", "step / 2 fwd", "goal", "vs goal", "peak / fwd", *(["rest s", "parts"] if kinds else [])], rows))
     print(f"  (peak: XLA memory_analysis, argument + output - alias + temp; the forward's is {mb(forward_mem.peak)})")
     if mezo_s:
         for label, t in seconds.items():
@@ -192,14 +215,22 @@ def main():
                 print(f"  {label.rsplit(' / ', 1)[0]}: {t / mezo_s:.2f}x zojax's MeZO step (gaussian)")
     if kinds:
         print("  (rest s = step - 2 x its perturbed forward below: the update, z regenerated and applied)")
+        print(
+            "  (parts = (2 x perturbed fwd s + the update's z s, or replay s for AdaMeZO) / (2 x forward): the "
+            "step's parts timed alone below; a step costs about its parts, so only cheaper draws of z lower it)"
+        )
 
     if kinds:
-        print("\nparts of a step, timed in the same rounds (z s: z generated and added to every leaf in place)\n")
+        print(
+            "\nparts of a step, timed in the same rounds (z s: z generated and added to every leaf in place; "
+            f"replay s: the sum of {args.horizon} z added in one pass)\n"
+        )
         rows = []
         for kind in kinds:
-            z_s, perturbed_s = seconds[f"z: {kind}"], seconds[f"perturbed: {kind}"]
-            rows.append([kind, f"{z_s:.3f}", f"{z_s / forward_s:.2f}", f"{perturbed_s:.3f}", f"{perturbed_s / forward_s:.2f}"])
-        print(table(["direction", "z s", "z / fwd", "perturbed fwd s", "perturbed / fwd"], rows))
+            z_s, replay_s, perturbed_s = (seconds[f"{part}: {kind}"] for part in ("z", "replay", "perturbed"))
+            rows.append([kind, f"{z_s:.3f}", f"{z_s / forward_s:.2f}", f"{replay_s:.3f}", f"{perturbed_s:.3f}",
+                         f"{perturbed_s / forward_s:.2f}"])
+        print(table(["direction", "z s", "z / fwd", "replay s", "perturbed fwd s", "perturbed / fwd"], rows))
 
 
 if __name__ == "__main__":
