@@ -38,10 +38,10 @@ def mlp_problem(sizes=(16, 32, 32, 4), batch=8, seed=0):
     return params, loss
 
 
-OPTIMIZERS = {
-    "mezo": lambda lr: zojax.mezo(lr, EPS, key=3),
-    "lozo": lambda lr: zojax.lozo(lr, EPS, rank=2, nu=5, key=3),
-    "adamezo": lambda lr: zojax.adamezo(lr, EPS, horizon=4, key=3),
+OPTIMIZERS = {  # name -> (learning rate, q directions a step) -> transformation
+    "mezo": lambda lr, q=1: zojax.mezo(lr, EPS, num_directions=q, key=3),
+    "lozo": lambda lr, q=1: zojax.lozo(lr, EPS, rank=2, nu=5, num_directions=q, key=3),
+    "adamezo": lambda lr, q=1: zojax.adamezo(lr, EPS, horizon=4, num_directions=q, key=3),
 }
 
 
@@ -83,10 +83,10 @@ def test_the_drift_of_a_thousand_in_place_steps_is_below_1e_6_of_the_parameters(
     assert 0 < drift < 1e-6
 
 
-@pytest.mark.parametrize("name, lr", [("mezo", 1e-4), ("lozo", 1e-4), ("adamezo", 1e-6)])
-def test_in_place_training_follows_the_copy_path(name, lr):
+@pytest.mark.parametrize("name, lr, q", [("mezo", 1e-4, 1), ("lozo", 1e-4, 1), ("adamezo", 1e-6, 1), ("mezo", 2e-4, 2), ("lozo", 2e-4, 3)])
+def test_in_place_training_follows_the_copy_path(name, lr, q):
     params, loss = mlp_problem()
-    tx = OPTIMIZERS[name](lr)
+    tx = OPTIMIZERS[name](lr, q)
     copied, copy_losses = run(copy_step(tx, loss), params, tx.init(params), 1000)
     in_place, in_place_losses = run(in_place_step(tx, loss), params, tx.init(params), 1000)
     start = flat(params)
@@ -114,7 +114,7 @@ def test_an_in_place_round_trip_gives_theta_back_and_evaluates_theta_plus_and_mi
 
 def test_the_in_place_step_needs_the_memory_of_the_forward_pass():
     """Compiled peak (XLA memory_analysis) of the donated step against the forward's: the copy
-    path holds θ and θ + εz, the in-place path only θ."""
+    path holds θ and θ + εz, the in-place path only θ, with one direction a step or several."""
     params, loss = mlp_problem(sizes=(256, 1024, 1024, 1024, 256), batch=4)
 
     def peak(fn, *args, donate=()):
@@ -123,10 +123,11 @@ def test_the_in_place_step_needs_the_memory_of_the_forward_pass():
 
     forward = peak(loss, params)
     for name, make in OPTIMIZERS.items():
-        tx = make(1e-3)
-        state = tx.init(params)
-        assert peak(in_place_step(tx, loss), params, state, donate=(0, 1)) <= 1.10 * forward, name
-        assert peak(copy_step(tx, loss), params, state, donate=(0, 1)) >= 1.8 * forward, name
+        for q in (1, 3):
+            tx = make(1e-3, q)
+            state = tx.init(params)
+            assert peak(in_place_step(tx, loss), params, state, donate=(0, 1)) <= 1.10 * forward, (name, q)
+            assert peak(copy_step(tx, loss), params, state, donate=(0, 1)) >= 1.8 * forward, (name, q)
 
 
 def test_in_place_refuses_parameters_that_are_not_float32():
