@@ -5,6 +5,7 @@ loss, three seeds per method, the papers' claims tested; results in experiments/
     python -m experiments.reproduce_v2 --only-table   # rebuild table.md and the plot from finished rows
     python -m experiments.reproduce_v2 --memory       # compiled peak memory per method -> v2/memory.md
     python -m experiments.reproduce_v2 --dry-run      # the rows planned now and their commands
+    python -m experiments.reproduce_v2 --first mezo lozo adamezo   # these methods' grids and main runs first
 
 The driver measures the memory itself (once, after the controls).
 
@@ -21,6 +22,9 @@ row is finished when its run folder holds summary.json):
 3. main runs: each method at its chosen lr, seeds 0, 1, 2 (z and the batch order; the
    sample is fixed by data_seed), MAIN_STEPS steps (first-order Adam FT_STEPS; its seed-0
    main run is its grid row).
+
+A row already started (a checkpoint, not finished) runs before any other. ``--first`` runs the
+named methods' grids and main runs before the others' (same rows, another order).
 
 After every finished row the driver rewrites table.md and heldout.png from the finished
 rows and commits experiments/results/v2 alone (a private index; checkpoints are deleted when
@@ -210,15 +214,21 @@ def main_row(method: str, k: int, seed: int) -> Row:
     return Row(method, "main", lr_of(k), seed, C.MAIN_STEPS)
 
 
-def plan(methods=TRAINED) -> list[Row]:
+def plan(methods=TRAINED, first=()) -> list[Row]:
     """Every row known now, in the order they run: controls, the grids round-robin (one
-    value per method in turn), then the main runs of each settled grid, seed by seed."""
+    value per method in turn), then the main runs of each settled grid, seed by seed; the
+    methods in ``first`` go through all of that before the others."""
+    unknown = set(first) - set(methods)
+    if unknown:
+        raise ValueError(f"--first: unknown methods {sorted(unknown)}; choose from {list(methods)}")
     rows = [Row(m, "control") for m in CONTROLS]
-    grids = {m: grid(m) for m in methods}
-    for r in range(max(len(g[0]) for g in grids.values())):
-        rows += [grid_row(m, grids[m][0][r]) for m in methods if r < len(grids[m][0])]
-    for seed in C.SEEDS:
-        rows += [main_row(m, grids[m][1], seed) for m in methods if grids[m][2]]
+    groups = [[m for m in methods if m in first], [m for m in methods if m not in first]]
+    for group in filter(None, groups):
+        grids = {m: grid(m) for m in group}
+        for r in range(max(len(g[0]) for g in grids.values())):
+            rows += [grid_row(m, grids[m][0][r]) for m in group if r < len(grids[m][0])]
+        for seed in C.SEEDS:
+            rows += [main_row(m, grids[m][1], seed) for m in group if grids[m][2]]
     return list(dict.fromkeys(rows))
 
 
@@ -557,6 +567,8 @@ def main(argv=None) -> int:
     ap.add_argument("--dry-run", action="store_true", help="print the rows planned now and their commands")
     ap.add_argument("--retry-failed", action="store_true", help="run failed rows again")
     ap.add_argument("--no-commit", action="store_true", help="do not commit the results")
+    ap.add_argument("--first", nargs="+", default=[], metavar="METHOD", choices=TRAINED,
+                    help="run these methods' grids and main runs before the others'")
     args = ap.parse_args(argv)
     os.chdir(R.ROOT)
     (R.ROOT / RESULTS).mkdir(parents=True, exist_ok=True)
@@ -565,7 +577,7 @@ def main(argv=None) -> int:
         write_outputs()
         return 0
     if args.dry_run:
-        for r in plan():
+        for r in plan(first=args.first):
             print(f"{R.status(r):>12}  {shlex.join(command(r))}")
         return 0
     write_outputs()
@@ -579,7 +591,7 @@ def main(argv=None) -> int:
             (R.ROOT / r.log_dir / "FAILED").unlink(missing_ok=True)
     attempted = set()
     while True:  # the plan is recomputed after each row: grids extend, main runs follow them
-        rows = plan()
+        rows = plan(first=args.first)
         R.tidy(rows)
         if any(R.status(r) == "running" for r in rows):  # a row left running by an earlier driver
             time.sleep(30)
@@ -587,7 +599,7 @@ def main(argv=None) -> int:
         todo = [r for r in rows if R.status(r) in ("not started", "started") and r not in attempted]
         if not todo:
             break
-        row = todo[0]
+        row = min(todo, key=lambda r: R.status(r) != "started")  # a started row first, else plan order
         if row.kind != "control" and not (R.ROOT / RESULTS / "memory.md").exists() and "memory" not in attempted:
             attempted.add("memory")  # compile-only, after the controls: claim (c)
             run_memory()
@@ -602,7 +614,7 @@ def main(argv=None) -> int:
     write_outputs()
     if not args.no_commit:
         commit_results("Reproduction round two: table updated")
-    lock.unlink(missing_ok=True)
+    (R.ROOT / LOCK).unlink(missing_ok=True)
     left = [r for r in plan() if R.status(r) != "finished"]
     print(f"[{time.strftime('%H:%M:%S')}] done; rows not finished: {len(left)}", flush=True)
     return 0

@@ -95,6 +95,25 @@ def test_plan_orders_controls_grids_round_robin_then_main_runs(results):
     assert V.command(mains[1])[4:6] == [f"--config.learning_rate={V.fmt_lr(V.lr_of(start))}", f"--config.steps={C.MAIN_STEPS}"]
 
 
+def test_first_methods_run_their_grids_and_main_runs_before_the_others(results):
+    start = V.GRID_START["lozo"]
+    for k, loss in ((start, 0.5), (start - 1, 0.6), (start + 1, 0.7)):  # LOZO's grid settles at its start
+        finish(results, V.grid_row("lozo", k), [0.7, loss])
+    rows = V.plan(first=("adamezo", "lozo"))
+    assert sorted(rows, key=str) == sorted(V.plan(), key=str)  # the same rows, another order
+    trained = [r for r in rows if r.kind != "control"]
+    adamezo = V.GRID_START["adamezo"]
+    assert trained[:7] == [
+        V.grid_row("lozo", start), V.grid_row("adamezo", adamezo),
+        V.grid_row("lozo", start - 1), V.grid_row("adamezo", adamezo - 1),
+        V.grid_row("lozo", start + 1), V.grid_row("adamezo", adamezo + 1),
+        V.Row("lozo", "main", V.lr_of(start), C.SEEDS[0], C.MAIN_STEPS),
+    ]
+    assert [r.method for r in trained[9:9 + len(V.TRAINED) - 2]] == [m for m in V.TRAINED if m not in ("adamezo", "lozo")]
+    with pytest.raises(ValueError, match="unknown methods.*'sgd'"):
+        V.plan(first=("sgd",))
+
+
 def test_table_from_fake_finished_rows(results):
     start = V.GRID_START
     for m, losses in (("mezo", (0.5, 0.6, 0.7)), ("lozo", (0.5, 0.6, 0.7))):
