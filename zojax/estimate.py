@@ -141,7 +141,8 @@ class _InPlace:
             # The previous estimate's return to θ, as a loop of one iteration: XLA updates a loop's
             # carry in place, where a plain elementwise pass here would write a second copy.
             fn, k = self.owed
-            self.params = jax.lax.scan(lambda p, _: (fn(*jax.lax.optimization_barrier((p, k))), None), self.params, length=1)[0]
+            back = lambda p, _: (fn(*jax.lax.optimization_barrier((p, k))), None)
+            self.params = jax.lax.scan(back, self.params, length=1)[0]
 
         # θ + εz, then (θ+εz − εz) − εz: subtracting εz first gives back θ exactly unless
         # θ + εz rounded across a power of two, so θ − εz is the copy path's value.
