@@ -217,7 +217,7 @@ def main():
         print("  (rest s = step - 2 x its perturbed forward below: the update, z regenerated and applied)")
         print(
             "  (parts = (2 x perturbed fwd s + the update's z s, or replay s for AdaMeZO) / (2 x forward): the "
-            "step's parts timed alone below; a step costs about its parts, so only cheaper draws of z lower it)"
+            "step's parts, timed alone below)"
         )
 
     if kinds:

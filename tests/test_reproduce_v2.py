@@ -109,6 +109,7 @@ def test_first_methods_run_their_grids_and_main_runs_before_the_others(results):
         V.grid_row("lozo", start + 1), V.grid_row("adamezo", adamezo + 1),
         V.Row("lozo", "main", V.lr_of(start), C.SEEDS[0], C.MAIN_STEPS),
     ]
+    # after those 7 rows, LOZO's main seeds 1 and 2, then the other methods' grids
     assert [r.method for r in trained[9:9 + len(V.TRAINED) - 2]] == [m for m in V.TRAINED if m not in ("adamezo", "lozo")]
     with pytest.raises(ValueError, match="unknown methods.*'sgd'"):
         V.plan(first=("sgd",))
