@@ -1,8 +1,9 @@
 """Time of the classification loss and of evaluation on real task batches, by batch layout.
 
 One row per candidate (collate rows="all") against one row per example (rows="shared", used
-whenever every candidate is a single token: its context's last position scores them all);
-evaluation batches in the split's order against batches of length-sorted examples (what
+whenever every candidate is a single token: its context's last position scores them all), the
+latter with the LM head on every position or on the scored one alone (`at=logit_positions`, what
+`zojax.finetune` does), with each loss's compiled scratch memory; evaluation batches in the split's order against batches of length-sorted examples (what
 `zojax.finetune.evaluate` does). SmolLM2-135M, float32, the task's test examples from `--data-dir`
 (default: the bundled `tiny_sentiment`), interleaved rounds, medians.
 
@@ -42,13 +43,20 @@ def main() -> None:
     print(f"{environment()}; {args.task}: {len(encoded)} test examples, batch {args.batch}, max_length {args.max_length}")
 
     apply = lambda b: model.apply(model.params, b.input_ids, b.attention_mask)
+    apply_at = lambda b: model.apply(model.params, b.input_ids, b.attention_mask, at=scoring.logit_positions(b))
     loss = jax.jit(lambda b: scoring.classification_loss(apply(b), b))
-    predict = jax.jit(lambda b: scoring.predict(apply(b), b))
+    loss_at = jax.jit(lambda b: scoring.classification_loss(apply_at(b), b))
+    predict = jax.jit(lambda b: scoring.predict(apply_at(b), b))
     batches = {rows: tasks.collate(chosen, rows=rows, max_length=args.max_length) for rows in ("all", "shared")}
     for rows, b in batches.items():
         print(f"  loss batch rows={rows}: {b.input_ids.shape[0]} rows x {b.input_ids.shape[1]} tokens")
     values = {rows: float(loss(b)) for rows, b in batches.items()}
-    print(f"  loss: rows=all {values['all']:.6f}, rows=shared {values['shared']:.6f}")
+    at_value = float(loss_at(batches["shared"]))
+    print(f"  loss: rows=all {values['all']:.6f}, rows=shared {values['shared']:.6f}, rows=shared with the head at "
+          f"the scored position {at_value:.6f}")
+    temp = lambda f, b: f.lower(b).compile().memory_analysis().temp_size_in_bytes / 2**20
+    print(f"  compiled scratch memory (MB): rows=all {temp(loss, batches['all']):.0f}, rows=shared "
+          f"{temp(loss, batches['shared']):.0f}, head at the scored position {temp(loss_at, batches['shared']):.0f}")
 
     def evaluation(order):
         parts = [[evaluated[i] for i in order[s : s + args.eval_batch]] for s in range(0, len(order), args.eval_batch)]
@@ -63,6 +71,7 @@ def main() -> None:
         {
             "loss, row per candidate": lambda: loss(batches["all"]).block_until_ready(),
             "loss, row per example": lambda: loss(batches["shared"]).block_until_ready(),
+            "loss, head at scored position": lambda: loss_at(batches["shared"]).block_until_ready(),
             "evaluation, split order": run_in_order,
             "evaluation, sorted by length": run_by_length,
         },
@@ -71,6 +80,8 @@ def main() -> None:
     for name, t in times.items():
         print(f"{name:32s} {t:7.3f} s")
     print(f"row per example / row per candidate: {times['loss, row per example'] / times['loss, row per candidate']:.2f}")
+    print(f"head at the scored position / on every position: "
+          f"{times['loss, head at scored position'] / times['loss, row per example']:.2f}")
     print(f"sorted / split order: {times['evaluation, sorted by length'] / times['evaluation, split order']:.2f}")
 
 

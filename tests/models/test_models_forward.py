@@ -207,6 +207,23 @@ def test_optimizer_hook_on_small_tied_vocabulary(loaded, batch, name):
     assert np.abs(np.asarray(hooked) - np.asarray(m.apply(m.params, ids, mask))).max() > 1e-2
 
 
+@pytest.mark.parametrize("name", ["opt350_post_ln_proj", "llama_gqa_tied"])
+def test_logits_at_positions_are_those_of_the_full_forward(loaded, batch, name):
+    """`at` [B, K] runs the final norm and LM head on those positions only: the logits are the
+    full forward's at them, plain and under the optimizer's row-wise hook (tied tables)."""
+    from zojax import perturb
+
+    m, _ = loaded(name)
+    ids, mask = batch
+    at = np.array([[9, 3], [7, 7], [0, 9]])
+    hook = perturb.make_param_hook(perturb.Gaussian(), perturb.as_key(3), 2, 0.05)
+    for kw in ({}, {"param_hook": hook}):
+        full = np.asarray(jax.jit(lambda p: m.apply(p, ids, mask, **kw))(m.params))
+        some = np.asarray(jax.jit(lambda p, at: m.apply(p, ids, mask, at=at, **kw))(m.params, at))
+        assert some.shape == (3, 2, m.config.vocab_size)
+        np.testing.assert_allclose(some, np.take_along_axis(full, at[..., None], axis=1), atol=1e-6, rtol=1e-6)
+
+
 def _greedy_without_cache(m, ids, mask, n):
     """Greedy decoding by re-running the full forward; the growing sequence sits in a
     right-padded buffer so that every step has the same shape (one compilation)."""

@@ -106,3 +106,9 @@ def test_shared_rows_score_single_token_candidates_like_a_row_per_candidate():
         )
     with pytest.raises(ValueError, match="lm_loss needs rows holding the candidate tokens"):
         scoring.lm_loss(_causal_logits(shared.input_ids), shared)
+    # the logits of logit_positions alone give the same scores; per-candidate rows read them all
+    positions = scoring.logit_positions(shared)
+    assert np.asarray(positions).tolist() == [[2], [0]] and scoring.logit_positions(per_candidate) is None
+    full = _causal_logits(shared.input_ids)
+    at = np.take_along_axis(np.asarray(full), np.asarray(positions)[..., None], axis=1)
+    np.testing.assert_array_equal(scoring.example_scores(at, shared), scoring.example_scores(full, shared))

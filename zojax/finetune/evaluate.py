@@ -21,9 +21,14 @@ def metric_name(task: str) -> str:
     return "F1" if tasks.get_task(task).kind == "generation" else "accuracy"
 
 
+def scored_logits(trainable, base, params, batch):
+    """The logits the batch's scores read (:func:`zojax.tasks.scoring.logit_positions`)."""
+    return trainable.apply(base, params, batch.input_ids, batch.attention_mask, at=scoring.logit_positions(batch))
+
+
 def make_scores(trainable):
     """jit(scores)(base, params, batch) -> [E, C] candidate scores (mean token log-likelihood)."""
-    return jax.jit(lambda base, p, b: scoring.example_scores(trainable.apply(base, p, b.input_ids, b.attention_mask), b))
+    return jax.jit(lambda base, p, b: scoring.example_scores(scored_logits(trainable, base, p, b), b))
 
 
 def make_predict(trainable, log_prior=None):
@@ -33,7 +38,7 @@ def make_predict(trainable, log_prior=None):
     prior = None if log_prior is None else jnp.asarray(log_prior, jnp.float32)
 
     def predict(base, p, b):
-        scores = scoring.example_scores(trainable.apply(base, p, b.input_ids, b.attention_mask), b)
+        scores = scoring.example_scores(scored_logits(trainable, base, p, b), b)
         return jnp.argmax(scores if prior is None else scores - prior, axis=-1)
 
     return jax.jit(predict)
