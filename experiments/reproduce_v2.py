@@ -28,7 +28,8 @@ named methods' grids and main runs before the others' (same rows, another order)
 
 After every finished row the driver rewrites table.md and heldout.png from the finished
 rows and commits experiments/results/v2 alone (a private index; checkpoints are deleted when
-a row finishes and never committed).
+a row finishes and never committed). Rows first run at another zojax version than the rest
+are moved to runs-earlier-code/ to run again; the table compares the two runs' numbers.
 """
 
 from __future__ import annotations
@@ -53,6 +54,10 @@ from zojax.finetune.configs import reproduce_v2 as C
 
 RESULTS = Path("experiments/results/v2")
 LOCK = RESULTS / "driver.pid"
+# Rows first run at another zojax code version than the rest, moved here to be run again; the
+# table compares them with their reruns.
+EARLIER = RESULTS / "runs-earlier-code"
+TIMING_KEYS = ("step_time", "time", "seconds")
 CONTROLS = ("zero-shot", "zero-shot-calibrated", "icl")
 ZO = ("mezo", "lozo", "lozo-m", "adamezo", "adamezo-lowrank", "zo-adam")
 TRAINED = ZO + ("ft",)
@@ -374,12 +379,78 @@ def claim_c(memory_md: str | None) -> list[str]:
             f"{'supported' if ok else 'not supported'} ({text})."]
 
 
+def code_version(row: Row, root: Path | None = None) -> str:
+    """The first 12 hex digits of the sha256 of zojax's Python sources at the row's first start."""
+    p = (root or R.ROOT / row.log_dir) / "provenance.jsonl"
+    return json.loads(p.read_text().splitlines()[0]).get("zojax_sha256", "")[:12] if p.exists() else ""
+
+
+def earlier_dir(row: Row) -> Path:
+    """Where the row's run at an earlier code version was moved (output; log folder beside it)."""
+    return EARLIER / row.output_dir.relative_to(RESULTS / "runs")
+
+
+def compare_runs(earlier: Path, rerun: Path) -> str:
+    """Whether two run folders recorded the same numbers: every step record and evaluation of
+    metrics.jsonl (timings aside) and every test prediction; else the first difference."""
+    from zojax.finetune import records
+
+    def content(d: Path) -> list[tuple[str, dict]]:
+        steps, events = records.read_metrics(d / "metrics.jsonl")
+        out = [(f"step {t}", steps[t]) for t in sorted(steps)]
+        out += [(f"{e['event']} at step {e['step']}", e) for e in events]
+        p = d / "predictions.json"
+        if p.exists():
+            out += [(f"test example {e['index']}", e) for e in json.loads(p.read_text())["examples"]]
+        return [(name, {k: v for k, v in r.items() if k not in TIMING_KEYS}) for name, r in out]
+
+    a, b = content(earlier), content(rerun)
+    for (name, x), (other, y) in zip(a, b):
+        if name != other or x != y:
+            keys = sorted(k for k in set(x) | set(y) if x.get(k) != y.get(k))
+            return f"differ first at {name} ({', '.join(f'{k}: {x.get(k)} vs {y.get(k)}' for k in keys[:2])})"
+    if len(a) != len(b):
+        return f"differ: {len(a)} records vs {len(b)}"
+    return f"identical ({len(a)} records: steps, evaluations, test predictions)"
+
+
+def earlier_rows(rows: list[Row]) -> list[str]:
+    """Table lines: each row moved to EARLIER, its code then and now, and the comparison."""
+    lines = []
+    for r in rows:
+        d = R.ROOT / earlier_dir(r)
+        if not (d / "summary.json").exists():
+            continue
+        log = d.with_name(d.name + ".log")
+        then = json.loads((log / "provenance.jsonl").read_text().splitlines()[0]) if (log / "provenance.jsonl").exists() else {}
+        dirty = " + uncommitted changes" if then.get("uncommitted") else ""
+        verdict = compare_runs(d, R.ROOT / r.output_dir) if R.status(r) == "finished" else "rerun not finished"
+        lines.append(f"| {row_name(r)} | {code_version(r, log) or '—'} ({then.get('git_head', '')[:10]}{dirty}) "
+                     f"| {code_version(r) or '—'} | {verdict} |")
+    if not lines:
+        return []
+    return ["## Rows run again at one code version", "",
+            f"These rows first ran at other zojax code than the rest (the earlier runs are in `{EARLIER}`) and were run "
+            "again so that every row has the same code. Code: the first 12 hex digits of the sha256 of zojax's Python "
+            "sources at the row's start.", "",
+            "| row | earlier code (commit) | rerun code | the rerun's numbers against the earlier run's |",
+            "|---|---|---|---|", *lines, ""]
+
+
+def row_name(r: Row) -> str:
+    return f"{r.kind} {LABELS[r.method]}" + ("" if r.lr is None else f" lr {fmt_lr(r.lr)} seed {r.seed}")
+
+
 def render_table(memory_md: str | None = None) -> str:
     rows = plan()
     maj = majority()
     reach_table, by_method = reach_rows()
     acc_table, claims_b = accuracy_rows()
-    commits = {provenance(r).get("git_head", "")[:10] for r in rows if R.status(r) == "finished"} - {""}
+    finished = [r for r in rows if R.status(r) == "finished"]
+    versions = {}
+    for r in finished:
+        versions.setdefault(code_version(r) or "unknown", []).append(r)
+    code = "; ".join(f"{v} ({len(rs)} row{'s' * (len(rs) > 1)})" for v, rs in versions.items()) or "—"
     lines = [
         "# Reproduction, round two: SmolLM2-135M on SST-2 (issue #19)",
         "",
@@ -401,9 +472,10 @@ def render_table(memory_md: str | None = None) -> str:
         f"a winner at an edge extends the grid (at most {MAX_GRID} values). Main runs: {C.MAIN_STEPS} steps "
         f"({C.MAIN_STEPS * R.ZO_FORWARDS} forward passes; FT {C.FT_STEPS} steps), seeds {', '.join(map(str, C.SEEDS))}, "
         f"held-out loss every {C.EVAL_EVERY} steps.",
-        f"- Code: the commit and the machine's load average (1, 5, 15 min) at each row's start are in the last table; "
-        f"finished rows ran at commit(s) {', '.join(sorted(commits)) or '—'}. Shared 2-core CPU with other jobs beside, "
-        "so step times compare only within rows of one commit and similar load.",
+        "- Code: each row's commit, code version (the first 12 hex digits of the sha256 of zojax's Python sources) and "
+        "the machine's load average (1, 5, 15 min) at its start are in the last table. "
+        f"Finished rows ran code {code}. Shared 2-core CPU with other jobs beside, so step times compare only "
+        "within rows of one code version and similar load.",
         "",
         "## The claims",
         "",
@@ -438,15 +510,16 @@ def render_table(memory_md: str | None = None) -> str:
               memory_md or "Not measured yet: `python -m experiments.reproduce_v2 --memory` writes memory.md.",
               "", "## Every row and its exact command", "",
               "Run from the repository root; a stopped row continues with the same command.", "",
-              "| row | status | commit at start | load at start | median s/step | command |", "|---|---|---|---|---|---|"]
+              "| row | status | commit at start | code | load at start | median s/step | command |",
+              "|---|---|---|---|---|---|---|"]
     for r in rows:
         p = provenance(r)
         _, times, _ = R.row_metrics(r)
         load = ", ".join(f"{x:.1f}" for x in p.get("load", [])) or "—"
         step_time = f"{R.median_step_time(times):.2f}" if len(times) > 1 else "—"
-        name = f"{r.kind} {LABELS[r.method]}" + ("" if r.lr is None else f" lr {fmt_lr(r.lr)} seed {r.seed}")
-        lines.append(f"| {name} | {R.status(r)} | {p.get('git_head', '')[:10] or '—'} | {load} | {step_time} | `{shlex.join(command(r))}` |")
-    return "\n".join(lines) + "\n"
+        lines.append(f"| {row_name(r)} | {R.status(r)} | {p.get('git_head', '')[:10] or '—'} | {code_version(r) or '—'} "
+                     f"| {load} | {step_time} | `{shlex.join(command(r))}` |")
+    return "\n".join(lines + ["", *earlier_rows(rows)]).rstrip("\n") + "\n"
 
 
 def plot(path: Path) -> bool:

@@ -144,3 +144,22 @@ def test_table_from_fake_finished_rows(results):
     assert "(a) ZO-Adam reaches MeZO's final held-out loss with fewer forward passes than MeZO: not decided at this budget" in table
     assert "(c) LOZO and AdaMeZO keep MeZO's memory: not decided at this budget" in table
     assert (results / V.RESULTS / "heldout.png").exists()
+
+
+def test_a_row_run_again_at_another_code_version_is_compared_with_its_earlier_run(results):
+    row = V.grid_row("mezo", V.GRID_START["mezo"])
+    for d, code, loss in ((results / V.earlier_dir(row), "a" * 64, 0.61), (results / row.output_dir, "b" * 64, 0.6)):
+        finish(results, row, [0.7, loss])
+        log = d.with_name(d.name + ".log")
+        log.mkdir(parents=True, exist_ok=True)
+        (log / "provenance.jsonl").write_text(json.dumps({"git_head": "0123456789ab", "zojax_sha256": code}) + "\n")
+        if d != results / row.output_dir:
+            (results / row.output_dir).rename(d)
+    V.write_outputs()
+    table = (results / V.RESULTS / "table.md").read_text()
+    assert f"| grid MeZO lr 3.16e-05 seed 0 | {'a' * 12} (0123456789) | {'b' * 12} | differ first at eval at step 300" in table
+    assert f"Finished rows ran code {'b' * 12} (1 row)." in table
+    # the same numbers with other timings: identical
+    (results / V.earlier_dir(row) / "metrics.jsonl").write_text(
+        (results / row.output_dir / "metrics.jsonl").read_text().replace('"step_time": 2.0', '"step_time": 3.5'))
+    assert V.compare_runs(results / V.earlier_dir(row), results / row.output_dir).startswith("identical (")
