@@ -97,10 +97,19 @@ def two_point(
 
 class _InPlace:
     """A plain value function and the parameters it perturbs in place: :func:`two_point` hands
-    the evaluation to :meth:`two_point`, which leaves the restored parameters in ``params``."""
+    the evaluation to :meth:`two_point`. The last estimate's return to θ is owed until
+    :meth:`restored` (which XLA fuses into the update) or the next estimate."""
 
     def __init__(self, value_fn, params):
         self.value_fn, self.params = value_fn, params
+        self.owed = None  # the last estimate's return to θ: (fn(params, key) -> params, key)
+
+    def restored(self):
+        """The parameters, back at θ."""
+        if self.owed is None:
+            return self.params
+        fn, key = self.owed
+        return fn(self.params, key)
 
     def __call__(self, params):
         return self.value_fn(params)
@@ -128,11 +137,18 @@ class _InPlace:
                 raise ValueError(f"value_fn must return a scalar loss, got shape {out.shape}")
             return params, out
 
+        if self.owed is not None:
+            # The previous estimate's return to θ, as a loop of one iteration: XLA updates a loop's
+            # carry in place, where a plain elementwise pass here would write a second copy.
+            fn, k = self.owed
+            back = lambda p, _: (fn(*jax.lax.optimization_barrier((p, k))), None)
+            self.params = jax.lax.scan(back, self.params, length=1)[0]
+
         # θ + εz, then (θ+εz − εz) − εz: subtracting εz first gives back θ exactly unless
         # θ + εz rounded across a power of two, so θ − εz is the copy path's value.
         plan = jnp.stack([jnp.stack([eps, 0.0]), jnp.stack([-eps, -eps])])
-        params, (f_plus, f_minus) = jax.lax.scan(body, self.params, plan)
-        self.params = shifted(params, key, eps, 0.0)
+        self.params, (f_plus, f_minus) = jax.lax.scan(body, self.params, plan)
+        self.owed = (lambda params, k: shifted(params, k, eps, 0.0)), key
         return TwoPoint(f_plus, f_minus, (f_plus - f_minus) / (2 * eps))
 
 
@@ -165,4 +181,4 @@ def in_place_update(tx: optax.GradientTransformation, params, state, value_fn):
             raise ValueError(f"in_place_update perturbs float32 parameters only; {P.path_name(path)!r} is {jnp.result_type(leaf)}")
     carrier = _InPlace(value_fn, params)
     updates, state = tx.update(None, state, params, value_fn=carrier)
-    return optax.apply_updates(carrier.params, updates), state
+    return optax.apply_updates(carrier.restored(), updates), state

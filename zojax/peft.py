@@ -83,8 +83,10 @@ class PEFT:
         the adapters added (shared arrays; the LoRA scale folded into `lora_b`)."""
         return _attach(base_params, self._for_model(adapters))
 
-    def apply(self, base_params, adapters, input_ids, attention_mask=None, *, param_hook: ParamHook | None = None):
-        """Float32 logits `[B, T, V]` of the adapted model, like `model.apply`.
+    def apply(self, base_params, adapters, input_ids, attention_mask=None, *, param_hook: ParamHook | None = None,
+              at=None):
+        """Float32 logits `[B, T, V]` of the adapted model (`[B, K, V]` at positions `at`), like
+        `model.apply`.
 
         `param_hook` acts on the adapters, exactly as the model would apply it to a stacked
         parameter tree (so a ZO optimizer's per-layer perturbation is the one it would draw for
@@ -92,7 +94,7 @@ class PEFT:
         """
         if param_hook is not None:
             adapters = _hooked(adapters, param_hook)
-        return self.model.apply(self.attach(base_params, adapters), input_ids, attention_mask)
+        return self.model.apply(self.attach(base_params, adapters), input_ids, attention_mask, at=at)
 
     def merge(self, base_params: dict, adapters: dict) -> dict:
         """Model parameters with the adapters folded in, for `zojax.models.save_hf`."""

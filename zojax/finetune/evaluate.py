@@ -21,9 +21,14 @@ def metric_name(task: str) -> str:
     return "F1" if tasks.get_task(task).kind == "generation" else "accuracy"
 
 
+def scored_logits(trainable, base, params, batch):
+    """The logits the batch's scores read (:func:`zojax.tasks.scoring.logit_positions`)."""
+    return trainable.apply(base, params, batch.input_ids, batch.attention_mask, at=scoring.logit_positions(batch))
+
+
 def make_scores(trainable):
     """jit(scores)(base, params, batch) -> [E, C] candidate scores (mean token log-likelihood)."""
-    return jax.jit(lambda base, p, b: scoring.example_scores(trainable.apply(base, p, b.input_ids, b.attention_mask), b))
+    return jax.jit(lambda base, p, b: scoring.example_scores(scored_logits(trainable, base, p, b), b))
 
 
 def make_predict(trainable, log_prior=None):
@@ -33,7 +38,7 @@ def make_predict(trainable, log_prior=None):
     prior = None if log_prior is None else jnp.asarray(log_prior, jnp.float32)
 
     def predict(base, p, b):
-        scores = scoring.example_scores(trainable.apply(base, p, b.input_ids, b.attention_mask), b)
+        scores = scoring.example_scores(scored_logits(trainable, base, p, b), b)
         return jnp.argmax(scores if prior is None else scores - prior, axis=-1)
 
     return jax.jit(predict)
@@ -68,11 +73,12 @@ def predictions(cfg, model, trainable, params, split, predict_fn, mesh=None) -> 
     order = sorted(range(len(split.encoded)), key=lambda i: split.encoded[i].length)
     rows = tasks.scoring_rows(split.encoded)
     generation = model.tokenizer is not None and tasks.get_task(cfg.task).kind == "generation"
+    bucket = pad_lengths(cfg)
     for start in range(0, len(order), cfg.eval_batch_size):
         indices = order[start : start + cfg.eval_batch_size]
         chunk = [split.encoded[i] for i in indices]
         if generation:
-            batch = tasks.collate(chunk, rows="context", bucket=pad_lengths(cfg), max_length=cfg.max_length)
+            batch = tasks.collate(chunk, rows="context", bucket=bucket, max_length=cfg.max_length)
             full = trainable.view(trainable.base, params)
             ids, mask = put((batch.input_ids, batch.attention_mask))
             tokens = sharding.to_host(model.generate(full, ids, mask, cfg.max_new_tokens, model.tokenizer.eos_token_id))
@@ -80,7 +86,7 @@ def predictions(cfg, model, trainable, params, split, predict_fn, mesh=None) -> 
                 answers = list(split.examples[i].answers)
                 out[i] = {"index": i, "predicted": text, "gold": answers, "score": tasks.metrics.f1(text, answers)}
         else:
-            batch = tasks.collate(chunk, rows=rows, bucket=pad_lengths(cfg), max_length=cfg.max_length)
+            batch = tasks.collate(chunk, rows=rows, bucket=bucket, max_length=cfg.max_length)
             predicted = np.asarray(sharding.to_host(predict_fn(trainable.base, params, put(batch))))
             for i, p, g in zip(indices, predicted.tolist(), batch.gold.tolist()):
                 out[i] = {"index": i, "predicted": p, "gold": g, "score": float(p == g)}
@@ -112,10 +118,11 @@ def heldout_loss(cfg, loss_fn, params, base, split, mesh=None) -> float:
         return float("nan")
     rows = "gold" if cfg.objective == "lm" else tasks.scoring_rows(split.encoded)
     order = sorted(range(len(split.encoded)), key=lambda i: split.encoded[i].length)
+    bucket = pad_lengths(cfg)
     total = weight = 0.0
     for start in range(0, len(order), cfg.eval_batch_size):
         batch = tasks.collate([split.encoded[i] for i in order[start : start + cfg.eval_batch_size]], rows=rows,
-                              bucket=pad_lengths(cfg), max_length=cfg.max_length)
+                              bucket=bucket, max_length=cfg.max_length)
         if cfg.objective == "lm":
             gold = batch.candidate_index == batch.gold[batch.example_index]
             w = float(np.maximum((batch.target_mask & gold[:, None]).sum(), 1))

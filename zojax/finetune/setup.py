@@ -75,7 +75,7 @@ def train_batch(cfg, encoded: list, step: int) -> tuple[tasks.Batch, np.ndarray]
 class Trainable:
     """The tree the optimizer updates and how the model uses it.
 
-    ``apply(base, params, ids, mask, param_hook=None)`` -> logits; ``view(base, params)``
+    ``apply(base, params, ids, mask, param_hook=None, at=None)`` -> logits; ``view(base, params)``
     -> the tree ``model.generate`` takes; ``export(base, params)`` -> full parameters for
     ``save_hf`` (None: not exportable); ``adapters``: the ``zojax.peft`` object (None in
     full mode). ``base`` is the frozen model (None in full mode).
@@ -123,7 +123,8 @@ def make_loss(cfg, model, trainable: Trainable, train: Split):
     score = scoring.lm_loss if cfg.objective == "lm" else scoring.classification_loss
 
     def loss(params, base, batch, index, param_hook=None):
-        logits = trainable.apply(base, params, batch.input_ids, batch.attention_mask, param_hook=param_hook)
+        logits = trainable.apply(base, params, batch.input_ids, batch.attention_mask, param_hook=param_hook,
+                                 at=scoring.logit_positions(batch))
         return score(logits, batch)
 
     return loss

@@ -98,7 +98,7 @@ def _is_table(subtree) -> bool:
     return isinstance(subtree, Mapping) and list(subtree) == ["embedding"]
 
 
-def decode(graphdef, params, input_ids, attention_mask=None, *, param_hook: ParamHook | None = None):
+def decode(graphdef, params, input_ids, attention_mask=None, *, param_hook: ParamHook | None = None, at=None):
     """`forward` on a module given as `nnx.split`'s graph and the pure dict of its parameters."""
     rows = getattr(param_hook, "rows", None)
     param_hook = param_hook or _no_hook
@@ -120,11 +120,16 @@ def decode(graphdef, params, input_ids, attention_mask=None, *, param_hook: Para
     positions = positions_from_mask(mask)
     h, aux = model.embed(input_ids, positions, tables)
     h, _ = _run_layers(model, params["layers"], h, aux, attend, param_hook, (positions, positions))
+    if at is not None:
+        h = jnp.take_along_axis(h, jnp.asarray(at, jnp.int32)[..., None], axis=1)
     return model.logits(h, tables)
 
 
-def forward(model: nnx.Module, input_ids, attention_mask=None, *, param_hook: ParamHook | None = None):
-    """Logits `[B, T, V]` (float32) of a family's causal LM module.
+def forward(model: nnx.Module, input_ids, attention_mask=None, *, param_hook: ParamHook | None = None, at=None):
+    """Logits `[B, T, V]` (float32) of a family's causal LM module; with `at` (int [B, K]) those
+    of the positions `at` only, `[B, K, V]`: the final norm and LM head run on K rows per
+    sequence instead of T (for a 49k-token vocabulary the head is a fifth of a small model's
+    forward, and its [B, T, V] output the largest buffer).
 
     `attention_mask` [B, T] (1 = token, 0 = padding; None = no padding) hides padded keys and
     sets positions: a token's position is the number of non-pad tokens before it in its row. For
@@ -142,7 +147,7 @@ def forward(model: nnx.Module, input_ids, attention_mask=None, *, param_hook: Pa
     logits, a chunk of rows at a time (see `zojax.models.nn.Embed`).
     """
     graphdef, state = nnx.split(model)
-    return decode(graphdef, nnx.to_pure_dict(state), input_ids, attention_mask, param_hook=param_hook)
+    return decode(graphdef, nnx.to_pure_dict(state), input_ids, attention_mask, param_hook=param_hook, at=at)
 
 
 # ----------------------------------------------------------------------------- modules from params
@@ -204,8 +209,8 @@ def graphdef(config, params):
     return _graphdef(config, jax.tree.structure(params))
 
 
-def _apply(config, params, input_ids, attention_mask=None, *, param_hook: ParamHook | None = None):
-    return decode(graphdef(config, params), params, input_ids, attention_mask, param_hook=param_hook)
+def _apply(config, params, input_ids, attention_mask=None, *, param_hook: ParamHook | None = None, at=None):
+    return decode(graphdef(config, params), params, input_ids, attention_mask, param_hook=param_hook, at=at)
 
 
 _forward = jax.jit(_apply, static_argnums=0, static_argnames="param_hook")
@@ -314,7 +319,7 @@ def generate(
 class Model:
     """A loaded model: its config, parameters (a plain pytree), tokenizer (or None) and pure functions.
 
-    `apply(params, input_ids, attention_mask=None, *, param_hook=None)` -> float32 logits
+    `apply(params, input_ids, attention_mask=None, *, param_hook=None, at=None)` -> float32 logits
     (`forward` bound to the config and jit-compiled with the hook as a static argument: call it
     inside your own jit, or reuse one hook object, so that a new hook does not mean a new compile);
     `generate(params, input_ids, attention_mask, max_new_tokens, eos_token_id=None)` -> new ids;

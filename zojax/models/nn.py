@@ -130,25 +130,34 @@ def stacked(n_layers: int, make: Callable[[nnx.Rngs], nnx.Module], rngs: nnx.Rng
 
 
 def attention(q, k, v, mask, scale=None):
-    """Softmax attention with grouped queries, in the order of torch's CPU
-    `scaled_dot_product_attention` (transformers' default): scores `q k^T * scale` (`scale`
-    None: `D ** -0.5`), weights `exp(scores - max)`, output `(weights @ v) / sum(weights)`.
+    """Softmax attention `softmax(q k^T * scale + mask) v` with grouped queries, through
+    `jax.nn.dot_product_attention`.
 
-    q [B, T, N, D], k, v [B, S, K, D], mask [B, T, S] (True = may attend) -> [B, T, N * D].
-    Scores and weights are float32. A row with nothing to attend to (a padding query) gets a
-    uniform average instead of NaN, so it cannot poison later layers.
+    q [B, T, N, D], k, v [B, S, K, D] (K divides N), mask [B, T, S] (True = may attend), `scale`
+    None for `D ** -0.5` -> [B, T, N * D] in v's dtype. Scores and the softmax are float32 for
+    16-bit inputs too. A query with nothing to attend to (a padding row) attends to every key
+    instead, so its output is finite and cannot poison later layers.
+
+    16-bit inputs on a single GPU go to cuDNN's fused attention where it takes them (cuDNN needs
+    fp16/bf16 and a head size it fuses); everything else runs XLA's implementation: float32 on
+    GPU, and meshes of several devices, where cuDNN's partitioning rules (no sharded head or
+    sequence dimension) would fail at compile time, past any fallback. `implementation=None`
+    in jax 0.10 always means XLA.
     """
     b, t, n, d = q.shape
-    kh = k.shape[2]
-    q = q.reshape(b, t, kh, n // kh, d)
-    scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32)
-    if scale != 1:
-        scores = scores * (d**-0.5 if scale is None else scale)
-    scores = jnp.where(mask[:, None, None], scores, jnp.finfo(jnp.float32).min)
-    weights = jnp.exp(scores - jnp.max(scores, axis=-1, keepdims=True))
-    out = jnp.einsum("bkgts,bskd->bkgtd", weights.astype(v.dtype), v, preferred_element_type=jnp.float32)
-    out = out / jnp.sum(weights, axis=-1, keepdims=True)
-    return jnp.einsum("bkgtd->btkgd", out.astype(v.dtype)).reshape(b, t, n * d)
+    dtype = v.dtype
+    mask = (mask | ~jnp.any(mask, axis=-1, keepdims=True))[:, None]  # [B, 1, T, S]
+    gpu = jax.default_backend() == "gpu"
+    if q.dtype in (jnp.bfloat16, jnp.float16) and gpu and jax.device_count() == 1:
+        try:
+            out = jax.nn.dot_product_attention(q, k, v, mask=mask, scale=scale, implementation="cudnn")
+            return out.reshape(b, t, n * d)
+        except (NotImplementedError, RuntimeError, ValueError):
+            pass  # no cuDNN, or a shape it does not fuse (raised while tracing, before any work)
+    if dtype == jnp.float16 and not gpu:  # XLA's float16 attention asks for F16_F16_F32 dots, GPU only
+        q, k, v = (x.astype(jnp.float32) for x in (q, k, v))
+    out = jax.nn.dot_product_attention(q, k, v, mask=mask, scale=scale, implementation="xla")
+    return out.astype(dtype).reshape(b, t, n * d)
 
 
 def rope_tables(inv_freq, positions, dtype):

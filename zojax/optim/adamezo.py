@@ -131,15 +131,20 @@ def scale_by_adamezo(
                 g = g + cs[j] * sampler(k, ns[j], shape)
             return g if q == 1 else g / q
 
+        def moments_and_now(k, p):
+            """m, v and g_0 (the current step's estimate, ring slot ``slot``), in one unrolled
+            pass: an elementwise function of the element index that XLA fuses into the update,
+            so no m, v or z is materialised and each of the h directions is drawn once."""
+            m = v = g_now = 0.0
+            for i in range(h):
+                g = estimate(k, p.shape, grads2[i], counters2[i])
+                m, v = m + w1[i] * g, v + w2[i] * g * g
+                g_now = jnp.where(slot == i, g, g_now)
+            return m, v, g_now
+
         def moments(k, p):
             if P.is_elementwise(sampler):
-                # Unrolled, the sums are an elementwise function of the element index that XLA
-                # fuses into the update: no m, v or z is materialised.
-                m = v = 0.0
-                for i in range(h):
-                    g = estimate(k, p.shape, grads2[i], counters2[i])
-                    m, v = m + w1[i] * g, v + w2[i] * g * g
-                return m, v
+                return moments_and_now(k, p)[:2]
 
             def add(i, mv):
                 g = estimate(k, p.shape, grads2[i], counters2[i])
@@ -148,12 +153,14 @@ def scale_by_adamezo(
             zeros = jnp.zeros(p.shape, jnp.float32)
             return jax.lax.fori_loop(0, h, add, (zeros, zeros))
 
-        def adam(k, p):
-            m, v = moments(k, p)
+        def adam_of(m, v):
             if form == "paper":
                 return scale * m / jnp.sqrt(v + delta)
             v = jnp.where(jnp.asarray(b2) == 0, 1.0, v)  # the official code's β2 = 0 case
             return scale * m / (jnp.sqrt(v) + delta)
+
+        def adam(k, p):
+            return adam_of(*moments(k, p))
 
         def plain(k, p):
             return estimate(k, p.shape, c_now, counters_now)
@@ -166,8 +173,9 @@ def scale_by_adamezo(
                 d = adam(k, p)
             elif not replays:
                 d = plain(k, p)
-            elif P.is_elementwise(sampler):  # both sides computed, and fused
-                d = jnp.where(warm, plain(k, p), adam(k, p))
+            elif P.is_elementwise(sampler):  # both sides from one fused replay
+                m, v, g_now = moments_and_now(k, p)
+                d = jnp.where(warm, g_now, adam_of(m, v))
             else:
                 d = jax.lax.cond(warm, plain, adam, k, p)
             return jnp.where(finite, d, 0.0).astype(p.dtype)

@@ -2,7 +2,11 @@
 
 ``logits`` are float [N, T, V] for the N rows of a :class:`~zojax.tasks.encoding.Batch`
 (position t predicts token t + 1), from any model. A candidate's log-likelihood is
-summed over the positions of ``batch.target_mask``.
+summed over the positions of ``batch.target_mask``. When the scores read fewer positions
+(:func:`logit_positions`), a model may return the logits of those alone::
+
+    logits = model.apply(params, batch.input_ids, batch.attention_mask, at=logit_positions(batch))
+    loss = classification_loss(logits, batch)
 """
 
 from __future__ import annotations
@@ -33,13 +37,25 @@ def candidate_scores(row_scores: jax.Array, batch: Batch) -> jax.Array:
     return scores.at[batch.example_index, batch.candidate_index].set(row_scores)
 
 
+def logit_positions(batch: Batch) -> jax.Array | None:
+    """[N, 1]: the one position per row whose logits :func:`example_scores` reads when the rows
+    are contexts scoring single-token candidates (rows="shared"); None when it reads them all."""
+    if not batch.candidate_ids.shape[1]:
+        return None
+    return jnp.argmax(batch.target_mask, axis=1)[:, None]
+
+
 def example_scores(logits: jax.Array, batch: Batch, score: str = "mean") -> jax.Array:
     """[E, C]: the ``"mean"`` or ``"sum"`` of each candidate's token log-likelihoods, -inf
     where an example has fewer candidates. With rows="shared" each row is a context and
-    its last position's logits score every single-token candidate (mean = sum)."""
+    its last position's logits score every single-token candidate (mean = sum); ``logits``
+    may then be [N, 1, V], those of :func:`logit_positions` alone."""
     if batch.candidate_ids.shape[1]:
-        position = jnp.argmax(batch.target_mask, axis=1)
-        last = jnp.take_along_axis(logits, position[:, None, None], axis=1)[:, 0].astype(jnp.float32)
+        if logits.shape[1] == 1:  # the scored position's logits, or a one-token row's
+            last = logits[:, 0].astype(jnp.float32)
+        else:
+            position = jnp.argmax(batch.target_mask, axis=1)
+            last = jnp.take_along_axis(logits, position[:, None, None], axis=1)[:, 0].astype(jnp.float32)
         picked = jnp.take_along_axis(last, batch.candidate_ids, axis=1) - jax.nn.logsumexp(last, -1, keepdims=True)
         return jnp.where(batch.candidate_mask, picked, -jnp.inf)
     total, mean = candidate_logliks(logits, batch)

@@ -95,5 +95,5 @@ class OPTForCausalLM(nnx.Module):
             return self.embed_tokens.attend(h, tables.get("embed_tokens"))
         return jnp.einsum("btd,dv->btv", h, self.lm_head.kernel[...], preferred_element_type=jnp.float32)
 
-    def __call__(self, input_ids, attention_mask=None, *, param_hook=None):
-        return forward(self, input_ids, attention_mask, param_hook=param_hook)
+    def __call__(self, input_ids, attention_mask=None, *, param_hook=None, at=None):
+        return forward(self, input_ids, attention_mask, param_hook=param_hook, at=at)
