@@ -404,14 +404,25 @@ def compare_runs(earlier: Path, rerun: Path) -> str:
             out += [(f"test example {e['index']}", e) for e in json.loads(p.read_text())["examples"]]
         return [(name, {k: v for k, v in r.items() if k not in TIMING_KEYS}) for name, r in out]
 
+    def outcome(d: Path) -> tuple[dict, float | None]:
+        p, s = d / "predictions.json", d / "summary.json"
+        predicted = {e["index"]: e["predicted"] for e in json.loads(p.read_text())["examples"]} if p.exists() else {}
+        return predicted, json.loads(s.read_text()).get("test") if s.exists() else None
+
     a, b = content(earlier), content(rerun)
-    for (name, x), (other, y) in zip(a, b):
-        if name != other or x != y:
-            keys = sorted(k for k in set(x) | set(y) if x.get(k) != y.get(k))
-            return f"differ first at {name} ({', '.join(f'{k}: {x.get(k)} vs {y.get(k)}' for k in keys[:2])})"
-    if len(a) != len(b):
-        return f"differ: {len(a)} records vs {len(b)}"
-    return f"identical ({len(a)} records: steps, evaluations, test predictions)"
+    first = next(((name, x, y) for (name, x), (other, y) in zip(a, b) if name != other or x != y), None)
+    if first is None and len(a) == len(b):
+        return f"identical ({len(a)} records: steps, evaluations, test predictions)"
+    if first is None:
+        where = f"{len(a)} records vs {len(b)}"
+    else:
+        name, x, y = first
+        keys = sorted(k for k in set(x) | set(y) if x.get(k) != y.get(k))
+        where = f"first at {name} ({', '.join(f'{k}: {x.get(k)} vs {y.get(k)}' for k in keys[:2])})"
+    (pa, ta), (pb, tb) = outcome(earlier), outcome(rerun)
+    test = "" if ta is None or tb is None else f"; test {100 * ta:.1f} vs {100 * tb:.1f}"
+    changed = f", {sum(pa[i] != pb.get(i) for i in pa)} of {len(pa)} test predictions changed" if pa and pb else ""
+    return f"differ {where}{test}{changed}"
 
 
 def earlier_rows(rows: list[Row]) -> list[str]:

@@ -157,9 +157,17 @@ def test_a_row_run_again_at_another_code_version_is_compared_with_its_earlier_ru
             (results / row.output_dir).rename(d)
     V.write_outputs()
     table = (results / V.RESULTS / "table.md").read_text()
-    assert f"| grid MeZO lr 3.16e-05 seed 0 | {'a' * 12} (0123456789) | {'b' * 12} | differ first at eval at step 300" in table
+    assert (f"| grid MeZO lr 3.16e-05 seed 0 | {'a' * 12} (0123456789) | {'b' * 12} | differ first at eval at step 300 "
+            "(heldout_loss: 0.61 vs 0.6); test 50.0 vs 50.0 |") in table
     assert f"Finished rows ran code {'b' * 12} (1 row)." in table
     # the same numbers with other timings: identical
     (results / V.earlier_dir(row) / "metrics.jsonl").write_text(
         (results / row.output_dir / "metrics.jsonl").read_text().replace('"step_time": 2.0', '"step_time": 3.5'))
     assert V.compare_runs(results / V.earlier_dir(row), results / row.output_dir).startswith("identical (")
+    # other predictions: counted
+    examples = [{"index": i, "predicted": i % 2, "gold": 1} for i in range(4)]
+    (results / V.earlier_dir(row) / "predictions.json").write_text(json.dumps({"examples": examples}))
+    examples[0]["predicted"] = 1
+    (results / row.output_dir / "predictions.json").write_text(json.dumps({"examples": examples}))
+    assert V.compare_runs(results / V.earlier_dir(row), results / row.output_dir).endswith(
+        "; test 50.0 vs 50.0, 1 of 4 test predictions changed")
