@@ -51,11 +51,9 @@ def example_scores(logits: jax.Array, batch: Batch, score: str = "mean") -> jax.
     its last position's logits score every single-token candidate (mean = sum); ``logits``
     may then be [N, 1, V], those of :func:`logit_positions` alone."""
     if batch.candidate_ids.shape[1]:
-        if logits.shape[1] == 1:  # the scored position's logits, or a one-token row's
-            last = logits[:, 0].astype(jnp.float32)
-        else:
-            position = jnp.argmax(batch.target_mask, axis=1)
-            last = jnp.take_along_axis(logits, position[:, None, None], axis=1)[:, 0].astype(jnp.float32)
+        if logits.shape[1] != 1:  # every position's logits (one: the scored one's, or a one-token row's)
+            logits = jnp.take_along_axis(logits, logit_positions(batch)[..., None], axis=1)
+        last = logits[:, 0].astype(jnp.float32)
         picked = jnp.take_along_axis(last, batch.candidate_ids, axis=1) - jax.nn.logsumexp(last, -1, keepdims=True)
         return jnp.where(batch.candidate_mask, picked, -jnp.inf)
     total, mean = candidate_logliks(logits, batch)
