@@ -127,7 +127,8 @@ def test_the_in_place_step_needs_the_memory_of_the_forward_pass():
             tx = make(1e-3, q)
             state = tx.init(params)
             assert peak(in_place_step(tx, loss), params, state, donate=(0, 1)) <= 1.10 * forward, (name, q)
-            assert peak(copy_step(tx, loss), params, state, donate=(0, 1)) >= 1.8 * forward, (name, q)
+            if q == 1:  # the contrast (a q = 3 copy compiles for as long again)
+                assert peak(copy_step(tx, loss), params, state, donate=(0, 1)) >= 1.8 * forward, name
 
 
 def test_in_place_refuses_parameters_that_are_not_float32():
