@@ -57,7 +57,7 @@ LOCK = RESULTS / "driver.pid"
 # Rows first run at another zojax code version than the rest, moved here to be run again; the
 # table compares them with their reruns.
 EARLIER = RESULTS / "runs-earlier-code"
-TIMING_KEYS = ("step_time", "time", "seconds")
+TIMING_KEYS = ("step_time",)  # what differs between identical runs
 CONTROLS = ("zero-shot", "zero-shot-calibrated", "icl")
 ZO = ("mezo", "lozo", "lozo-m", "adamezo", "adamezo-lowrank", "zo-adam")
 TRAINED = ZO + ("ft",)
