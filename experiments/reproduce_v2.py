@@ -258,9 +258,10 @@ def majority() -> dict:
     return {"class": int(labels.argmax()), "test": float(np.mean(gold == labels.argmax())), "train_counts": labels.tolist()}
 
 
-def provenance(row: Row) -> dict:
-    """The first start of the row: commit and machine load (provenance.jsonl)."""
-    p = R.ROOT / row.log_dir / "provenance.jsonl"
+def provenance(row: Row, log_dir: Path | None = None) -> dict:
+    """The first start of the row (or of the run logged in ``log_dir``): commit, code and
+    machine load (provenance.jsonl)."""
+    p = (log_dir or R.ROOT / row.log_dir) / "provenance.jsonl"
     if not p.exists():
         return {}
     return json.loads(p.read_text().splitlines()[0])
@@ -379,10 +380,9 @@ def claim_c(memory_md: str | None) -> list[str]:
             f"{'supported' if ok else 'not supported'} ({text})."]
 
 
-def code_version(row: Row, root: Path | None = None) -> str:
+def code_version(row: Row, log_dir: Path | None = None) -> str:
     """The first 12 hex digits of the sha256 of zojax's Python sources at the row's first start."""
-    p = (root or R.ROOT / row.log_dir) / "provenance.jsonl"
-    return json.loads(p.read_text().splitlines()[0]).get("zojax_sha256", "")[:12] if p.exists() else ""
+    return provenance(row, log_dir).get("zojax_sha256", "")[:12]
 
 
 def earlier_dir(row: Row) -> Path:
@@ -433,7 +433,7 @@ def earlier_rows(rows: list[Row]) -> list[str]:
         if not (d / "summary.json").exists():
             continue
         log = d.with_name(d.name + ".log")
-        then = json.loads((log / "provenance.jsonl").read_text().splitlines()[0]) if (log / "provenance.jsonl").exists() else {}
+        then = provenance(r, log)
         dirty = " + uncommitted changes" if then.get("uncommitted") else ""
         verdict = compare_runs(d, R.ROOT / r.output_dir) if R.status(r) == "finished" else "rerun not finished"
         lines.append(f"| {row_name(r)} | {code_version(r, log) or '—'} ({then.get('git_head', '')[:10]}{dirty}) "
