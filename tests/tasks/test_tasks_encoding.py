@@ -3,7 +3,18 @@
 import numpy as np
 import pytest
 
-from zojax.tasks import Encoded, batches, collate, decode_answers, encode, load_task, padded_length, read_file, scoring_rows
+from zojax.tasks import (
+    Encoded,
+    batches,
+    collate,
+    decode_answers,
+    encode,
+    load_task,
+    most_targets,
+    padded_length,
+    read_file,
+    scoring_rows,
+)
 from zojax.tasks.templates import Example
 
 
@@ -72,6 +83,7 @@ def test_collate_layout_one_row_per_candidate():
     assert batch.attention_mask.sum(1).tolist() == [4, 5, 2, 2, 4]
     # position t is marked when input_ids[t + 1] is a candidate token
     assert [np.flatnonzero(row).tolist() for row in batch.target_mask] == [[2], [2, 3], [0], [0], [0, 1, 2]]
+    assert batch.target_positions.tolist() == [[2, 0, 0], [2, 3, 0], [0, 0, 0], [0, 0, 0], [0, 1, 2]]
     assert batch.example_index.tolist() == [0, 0, 1, 1, 1]
     assert batch.candidate_index.tolist() == [0, 1, 0, 1, 2]
     assert batch.candidate_mask.tolist() == [[True, True, False], [True, True, True]]
@@ -87,6 +99,7 @@ def test_collate_gold_and_context_rows():
     prompts = collate(ENCODED, rows="context", bucket="pow2", pad_id=3)
     assert prompts.input_ids.tolist() == [[5, 6, 7, 3], [11, 3, 3, 3]]
     assert not prompts.target_mask.any() and not prompts.candidate_mask.any()
+    assert gold.target_positions.tolist() == [[2, 3], [0, 0]] and prompts.target_positions.shape == (2, 0)
     with pytest.raises(ValueError, match="no gold"):
         collate([Encoded([1], [[2]], -1)], rows="gold")
 
@@ -100,6 +113,22 @@ def test_shared_rows_need_single_token_candidates():
     assert collate(ENCODED).candidate_ids.shape == (2, 0)
     with pytest.raises(ValueError, match=r"example 0: rows='shared' needs .* candidate lengths \[1, 2\]"):
         collate(ENCODED, rows="shared")
+
+
+def test_target_positions_take_a_split_wide_width():
+    """``targets`` widens every batch's target positions to one K (at most T - 1), so the
+    batches of a split take one shape per padded length; fewer than a row needs is refused."""
+    assert [most_targets(ENCODED, rows) for rows in ("all", "gold", "shared", "context")] == [3, 2, 1, 0]
+    wide = collate(ENCODED, bucket=8, targets=5)
+    assert wide.target_positions.tolist() == [[2, 0, 0, 0, 0], [2, 3, 0, 0, 0], [0] * 5, [0] * 5, [0, 1, 2, 0, 0]]
+    assert collate(ENCODED, bucket=8, targets=50).target_positions.shape == (5, 7)
+    assert collate(ENCODED[:1], bucket=8, targets=3).target_positions.shape == (2, 3)
+    with pytest.raises(ValueError, match="targets=2 is fewer than the 3 target tokens"):
+        collate(ENCODED, targets=2)
+    single = [Encoded([1, 2], [[3], [4]], 0)]
+    assert collate(single, rows="shared", targets=4).target_positions.tolist() == [[1]]
+    widths = {b.target_positions.shape[1] for b in batches(ENCODED, batch_size=1, bucket=8)}
+    assert widths == {3}
 
 
 def test_batches_pad_to_their_own_bucket():

@@ -106,9 +106,30 @@ def test_shared_rows_score_single_token_candidates_like_a_row_per_candidate():
         )
     with pytest.raises(ValueError, match="lm_loss needs rows holding the candidate tokens"):
         scoring.lm_loss(_causal_logits(shared.input_ids), shared)
-    # the logits of logit_positions alone give the same scores; per-candidate rows read them all
+    # the logits of logit_positions alone give the same scores
     positions = scoring.logit_positions(shared)
-    assert np.asarray(positions).tolist() == [[2], [0]] and scoring.logit_positions(per_candidate) is None
+    assert np.asarray(positions).tolist() == [[2], [0]]
     full = _causal_logits(shared.input_ids)
     at = np.take_along_axis(np.asarray(full), np.asarray(positions)[..., None], axis=1)
     np.testing.assert_array_equal(scoring.example_scores(at, shared), scoring.example_scores(full, shared))
+
+
+@pytest.mark.parametrize("rows", ["all", "gold"])
+@pytest.mark.parametrize("targets", [3, 6, 50])
+def test_logits_at_the_target_positions_alone_score_like_every_position(rows, targets):
+    """A model's logits at ``logit_positions`` ([N, K, V], K padded up to ``targets`` and at
+    most T - 1) give the scores and losses of its logits at every position, and the padded
+    positions change nothing (the unpadded batch is checked against numpy above)."""
+    encoded = [Encoded([5, 6, 7], [[8], [9, 10]], 1), Encoded([11], [[12], [13], [14, 15, 16]], 2)]
+    plain, batch = (collate(encoded, rows=rows, bucket=8, targets=t) for t in (None, targets))
+    positions = np.asarray(scoring.logit_positions(batch))
+    assert positions.shape[1] == min(targets, batch.input_ids.shape[1] - 1)
+    full = _causal_logits(batch.input_ids)
+    at = np.take_along_axis(np.asarray(full), positions[..., None], axis=1)
+    fns = [scoring.lm_loss, scoring.candidate_logliks]
+    if rows == "all":
+        fns += [scoring.predict, scoring.classification_loss, lambda lg, b: scoring.classification_loss(lg, b, "sum")]
+    for fn in fns:
+        expected = fn(full, plain)
+        np.testing.assert_allclose(jax.jit(fn)(at, batch), expected, rtol=1e-6)
+        np.testing.assert_allclose(jax.jit(fn)(full, batch), expected, rtol=1e-6)

@@ -73,7 +73,7 @@ def predictions(cfg, model, trainable, params, split, predict_fn, mesh=None) -> 
     order = sorted(range(len(split.encoded)), key=lambda i: split.encoded[i].length)
     rows = tasks.scoring_rows(split.encoded)
     generation = model.tokenizer is not None and tasks.get_task(cfg.task).kind == "generation"
-    bucket = pad_lengths(cfg)
+    bucket, targets = pad_lengths(cfg), tasks.most_targets(split.encoded, rows)
     for start in range(0, len(order), cfg.eval_batch_size):
         indices = order[start : start + cfg.eval_batch_size]
         chunk = [split.encoded[i] for i in indices]
@@ -86,7 +86,7 @@ def predictions(cfg, model, trainable, params, split, predict_fn, mesh=None) -> 
                 answers = list(split.examples[i].answers)
                 out[i] = {"index": i, "predicted": text, "gold": answers, "score": tasks.metrics.f1(text, answers)}
         else:
-            batch = tasks.collate(chunk, rows=rows, bucket=bucket, max_length=cfg.max_length)
+            batch = tasks.collate(chunk, rows=rows, bucket=bucket, max_length=cfg.max_length, targets=targets)
             predicted = np.asarray(sharding.to_host(predict_fn(trainable.base, params, put(batch))))
             for i, p, g in zip(indices, predicted.tolist(), batch.gold.tolist()):
                 out[i] = {"index": i, "predicted": p, "gold": g, "score": float(p == g)}
@@ -118,11 +118,11 @@ def heldout_loss(cfg, loss_fn, params, base, split, mesh=None) -> float:
         return float("nan")
     rows = "gold" if cfg.objective == "lm" else tasks.scoring_rows(split.encoded)
     order = sorted(range(len(split.encoded)), key=lambda i: split.encoded[i].length)
-    bucket = pad_lengths(cfg)
+    bucket, targets = pad_lengths(cfg), tasks.most_targets(split.encoded, rows)
     total = weight = 0.0
     for start in range(0, len(order), cfg.eval_batch_size):
         batch = tasks.collate([split.encoded[i] for i in order[start : start + cfg.eval_batch_size]], rows=rows,
-                              bucket=bucket, max_length=cfg.max_length)
+                              bucket=bucket, max_length=cfg.max_length, targets=targets)
         if cfg.objective == "lm":
             gold = batch.candidate_index == batch.gold[batch.example_index]
             w = float(np.maximum((batch.target_mask & gold[:, None]).sum(), 1))

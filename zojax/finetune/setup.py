@@ -65,7 +65,9 @@ def train_batch(cfg, encoded: list, step: int) -> tuple[tasks.Batch, np.ndarray]
     order = np.random.default_rng([cfg.seed, epoch]).permutation(len(encoded))
     rows = {"lm": "gold", "f1": "context"}.get(cfg.objective) or tasks.scoring_rows(encoded)
     chosen = order[i * cfg.batch_size : (i + 1) * cfg.batch_size]
-    return tasks.collate([encoded[j] for j in chosen], rows=rows, bucket=pad_lengths(cfg), max_length=cfg.max_length), chosen
+    batch = tasks.collate([encoded[j] for j in chosen], rows=rows, bucket=pad_lengths(cfg), max_length=cfg.max_length,
+                          targets=tasks.most_targets(encoded, rows))
+    return batch, chosen
 
 
 # --------------------------------------------------------------------------- what is trained

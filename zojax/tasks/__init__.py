@@ -24,7 +24,8 @@ Pipeline::
   :func:`with_demonstrations` builds in-context prompts.
 * :func:`encode` tokenises; :func:`collate` / :func:`batches` build padded numpy
   :class:`Batch` es with one row per candidate (or per gold candidate, or per prompt);
-  :func:`scoring_rows` says when one row per example scores all its candidates.
+  :func:`scoring_rows` says when one row per example scores all its candidates,
+  :func:`most_targets` the width of a split's target positions.
 * :mod:`~zojax.tasks.scoring` turns logits into candidate log-likelihoods, losses
   and predictions; :mod:`~zojax.tasks.metrics` scores generated answers (F1 / exact
   match, and ``negative_f1`` as a loss).
@@ -35,7 +36,17 @@ the SST-2 template, no files or network needed).
 """
 
 from zojax.tasks import metrics, scoring, templates
-from zojax.tasks.encoding import Batch, Encoded, batches, collate, decode_answers, encode, padded_length, scoring_rows
+from zojax.tasks.encoding import (
+    Batch,
+    Encoded,
+    batches,
+    collate,
+    decode_answers,
+    encode,
+    most_targets,
+    padded_length,
+    scoring_rows,
+)
 from zojax.tasks.loading import DataFormatError, HubUnreachableError, TaskData, load_task, read_file
 from zojax.tasks.registry import TASKS, Task, get_task
 from zojax.tasks.templates import Example, with_demonstrations
@@ -59,6 +70,7 @@ __all__ = [
     "padded_length",
     "read_file",
     "scoring",
+    "most_targets",
     "scoring_rows",
     "templates",
     "with_demonstrations",

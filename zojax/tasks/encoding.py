@@ -40,6 +40,9 @@ class Batch(NamedTuple):
       attention_mask: int32 [N, T], 1 on real tokens.
       target_mask: bool [N, T], True at the positions t whose next token
         ``input_ids[:, t + 1]`` is a candidate token, i.e. where the logits score it.
+      target_positions: int32 [N, K], those positions in order, left-aligned and padded
+        with 0 (the first ``target_mask.sum(1)`` are real); K is at most T - 1 (1 for
+        rows="shared", 0 for rows="context"). A model can run its LM head on them alone.
       example_index: int32 [N], the row's example, 0..E-1.
       candidate_index: int32 [N], the row's candidate within its example.
       candidate_mask: bool [E, C], True for the (example, candidate) pairs that have a row.
@@ -52,6 +55,7 @@ class Batch(NamedTuple):
     input_ids: np.ndarray
     attention_mask: np.ndarray
     target_mask: np.ndarray
+    target_positions: np.ndarray
     example_index: np.ndarray
     candidate_index: np.ndarray
     candidate_mask: np.ndarray
@@ -107,6 +111,7 @@ def collate(
     bucket: int | str | Sequence[int] = 16,
     max_length: int | None = None,
     pad_id: int = 0,
+    targets: int | None = None,
 ) -> Batch:
     """Pad examples into one :class:`Batch`, to their own longest row rounded up by ``bucket``
     (see :func:`padded_length`).
@@ -116,6 +121,10 @@ def collate(
     the context's last position: the same scores from one row instead of C), "gold"
     (the gold candidate only: LM loss) or "context" (the context alone, no targets:
     right-padded prompts for generation). :func:`scoring_rows` picks "shared" or "all".
+
+    ``targets``: K, the width of ``target_positions`` (capped at T - 1), at least the most
+    target tokens of a row here; None: exactly that. Giving a whole split's
+    :func:`most_targets` makes K a function of T, so a run compiles no more shapes.
     """
     if rows not in ("all", "shared", "gold", "context"):
         raise ValueError(f"rows must be 'all', 'shared', 'gold' or 'context', got {rows!r}")
@@ -147,6 +156,14 @@ def collate(
             target_mask[r, n_context - 1] = True  # the logits there score every candidate
         else:
             target_mask[r, n_context - 1 : len(ids) - 1] = True
+    counts = target_mask.sum(1)
+    most = int(counts.max(initial=0))
+    if targets is not None and targets < most:
+        raise ValueError(f"targets={targets} is fewer than the {most} target tokens of a row of this batch")
+    width = most if targets is None or rows in ("shared", "context") else min(targets, length - 1)
+    target_positions = np.zeros((len(items), width), np.int32)
+    for r, count in enumerate(counts):
+        target_positions[r, :count] = np.flatnonzero(target_mask[r])
     example_index = np.array([e for e, _, _, _ in items], np.int32)
     candidate_index = np.array([c for _, c, _, _ in items], np.int32)
     candidate_mask = np.zeros((len(encoded), max(len(enc.candidates) for enc in encoded)), bool)
@@ -158,9 +175,8 @@ def collate(
     elif rows != "context":
         candidate_mask[example_index, candidate_index] = True
     gold = np.array([enc.gold for enc in encoded], np.int32)
-    return Batch(
-        input_ids, attention_mask, target_mask, example_index, candidate_index, candidate_mask, gold, candidate_ids
-    )
+    return Batch(input_ids, attention_mask, target_mask, target_positions, example_index, candidate_index,
+                 candidate_mask, gold, candidate_ids)
 
 
 def scoring_rows(encoded: Sequence[Encoded]) -> str:
@@ -169,10 +185,24 @@ def scoring_rows(encoded: Sequence[Encoded]) -> str:
     return "shared" if all(enc.single_token for enc in encoded) else "all"
 
 
+def most_targets(encoded: Sequence[Encoded], rows: str = "all") -> int:
+    """The most target tokens of a row of ``collate(encoded, rows)``: its ``targets`` for
+    every batch drawn from ``encoded``."""
+    if rows == "context" or not encoded:
+        return 0
+    if rows == "shared":
+        return 1
+    if rows == "gold":
+        return max((len(enc.candidates[enc.gold]) for enc in encoded if enc.gold >= 0), default=0)
+    return max((len(c) for enc in encoded for c in enc.candidates), default=0)
+
+
 def batches(
     encoded: Sequence[Encoded], batch_size: int, seed: int | None = None, **collate_options: Any
 ) -> Iterator[Batch]:
-    """Batches of ``batch_size`` examples, in order or shuffled with ``seed``; see :func:`collate`."""
+    """Batches of ``batch_size`` examples, in order or shuffled with ``seed``; see :func:`collate`
+    (``targets`` defaults to ``encoded``'s :func:`most_targets`)."""
+    collate_options.setdefault("targets", most_targets(encoded, collate_options.get("rows", "all")))
     order = np.arange(len(encoded)) if seed is None else np.random.default_rng(seed).permutation(len(encoded))
     for start in range(0, len(order), batch_size):
         yield collate([encoded[i] for i in order[start : start + batch_size]], **collate_options)

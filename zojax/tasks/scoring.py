@@ -2,8 +2,8 @@
 
 ``logits`` are float [N, T, V] for the N rows of a :class:`~zojax.tasks.encoding.Batch`
 (position t predicts token t + 1), from any model. A candidate's log-likelihood is
-summed over the positions of ``batch.target_mask``. When the scores read fewer positions
-(:func:`logit_positions`), a model may return the logits of those alone::
+summed over the positions of ``batch.target_mask``. The scores read only the K positions
+of :func:`logit_positions`, so a model may return the logits of those alone, [N, K, V]::
 
     logits = model.apply(params, batch.input_ids, batch.attention_mask, at=logit_positions(batch))
     loss = classification_loss(logits, batch)
@@ -17,17 +17,34 @@ import jax.numpy as jnp
 from zojax.tasks.encoding import Batch
 
 
-def token_logprobs(logits: jax.Array, input_ids: jax.Array) -> jax.Array:
-    """[N, T]: log-probability of ``input_ids[:, t + 1]`` under ``logits[:, t]``; last column 0."""
-    logits = logits[:, :-1].astype(jnp.float32)
-    picked = jnp.take_along_axis(logits, input_ids[:, 1:, None], axis=-1)[..., 0]
-    return jnp.pad(picked - jax.nn.logsumexp(logits, axis=-1), ((0, 0), (0, 1)))
+def logit_positions(batch: Batch) -> jax.Array | None:
+    """[N, K]: the positions whose logits the scores read, ``batch.target_positions``
+    (padding included); None for rows without targets (rows="context")."""
+    return batch.target_positions if batch.target_positions.shape[1] else None
+
+
+def target_logits(logits: jax.Array, batch: Batch) -> jax.Array:
+    """[N, K, V]: the logits at ``batch.target_positions``; ``logits`` as they are when
+    they have K positions already (a model given ``at=logit_positions(batch)``)."""
+    if logits.shape[1] == batch.target_positions.shape[1]:
+        return logits
+    return jnp.take_along_axis(logits, jnp.asarray(batch.target_positions)[..., None], axis=1)
+
+
+def target_logprobs(logits: jax.Array, batch: Batch) -> jax.Array:
+    """[N, K]: log-probability of each row's target tokens (the token after each target
+    position), 0 on padding."""
+    logits = target_logits(logits, batch).astype(jnp.float32)
+    positions = jnp.asarray(batch.target_positions)
+    tokens = jnp.take_along_axis(jnp.asarray(batch.input_ids), positions + 1, axis=1)
+    picked = jnp.take_along_axis(logits, tokens[..., None], axis=-1)[..., 0] - jax.nn.logsumexp(logits, axis=-1)
+    real = jnp.arange(positions.shape[1]) < jnp.asarray(batch.target_mask).sum(-1, keepdims=True)
+    return jnp.where(real, picked, 0.0)
 
 
 def candidate_logliks(logits: jax.Array, batch: Batch) -> tuple[jax.Array, jax.Array]:
     """Sum and mean of each row's candidate-token log-likelihoods: two [N] arrays."""
-    logprobs = jnp.where(batch.target_mask, token_logprobs(logits, batch.input_ids), 0.0)
-    total = logprobs.sum(-1)
+    total = target_logprobs(logits, batch).sum(-1)
     return total, total / jnp.maximum(batch.target_mask.sum(-1), 1)
 
 
@@ -37,23 +54,12 @@ def candidate_scores(row_scores: jax.Array, batch: Batch) -> jax.Array:
     return scores.at[batch.example_index, batch.candidate_index].set(row_scores)
 
 
-def logit_positions(batch: Batch) -> jax.Array | None:
-    """[N, 1]: the one position per row whose logits :func:`example_scores` reads when the rows
-    are contexts scoring single-token candidates (rows="shared"); None when it reads them all."""
-    if not batch.candidate_ids.shape[1]:
-        return None
-    return jnp.argmax(batch.target_mask, axis=1)[:, None]
-
-
 def example_scores(logits: jax.Array, batch: Batch, score: str = "mean") -> jax.Array:
     """[E, C]: the ``"mean"`` or ``"sum"`` of each candidate's token log-likelihoods, -inf
     where an example has fewer candidates. With rows="shared" each row is a context and
-    its last position's logits score every single-token candidate (mean = sum); ``logits``
-    may then be [N, 1, V], those of :func:`logit_positions` alone."""
+    its last position's logits score every single-token candidate (mean = sum)."""
     if batch.candidate_ids.shape[1]:
-        if logits.shape[1] != 1:  # every position's logits (one: the scored one's, or a one-token row's)
-            logits = jnp.take_along_axis(logits, logit_positions(batch)[..., None], axis=1)
-        last = logits[:, 0].astype(jnp.float32)
+        last = target_logits(logits, batch)[:, 0].astype(jnp.float32)
         picked = jnp.take_along_axis(last, batch.candidate_ids, axis=1) - jax.nn.logsumexp(last, -1, keepdims=True)
         return jnp.where(batch.candidate_mask, picked, -jnp.inf)
     total, mean = candidate_logliks(logits, batch)
@@ -77,9 +83,8 @@ def lm_loss(logits: jax.Array, batch: Batch) -> jax.Array:
     if batch.candidate_ids.shape[1]:
         raise ValueError("lm_loss needs rows holding the candidate tokens (collate rows='gold'), got rows='shared'")
     is_gold = batch.candidate_index == batch.gold[batch.example_index]
-    mask = batch.target_mask & is_gold[:, None]
-    logprobs = jnp.where(mask, token_logprobs(logits, batch.input_ids), 0.0)
-    return -logprobs.sum() / jnp.maximum(mask.sum(), 1)
+    logprobs = jnp.where(is_gold[:, None], target_logprobs(logits, batch), 0.0)
+    return -logprobs.sum() / jnp.maximum((batch.target_mask & is_gold[:, None]).sum(), 1)
 
 
 def predict(logits: jax.Array, batch: Batch) -> jax.Array:
