@@ -7,7 +7,8 @@ Pipeline::
     data = load_task("rte", data_dir="data")       # data_dir=None: the Hugging Face hub
     train = encode(data.train, tokenizer)           # token ids per example and candidate
     for batch in batches(train, batch_size=16, seed=0):
-        logits = apply(params, batch.input_ids, batch.attention_mask)   # [N, T, V]
+        logits = apply(params, batch.input_ids, batch.attention_mask)   # [N, T, V]; or [N, K, V] with
+        # at=scoring.logit_positions(batch) for a zojax model: the LM head on the scored positions only
         loss = scoring.classification_loss(logits, batch)                # or scoring.lm_loss
         accuracy = scoring.accuracy(scoring.predict(logits, batch), batch.gold)
 
