@@ -88,6 +88,28 @@ def test_batches_are_padded_to_the_listed_lengths_one_compiled_step_each(tiny_mo
     assert printed == [f"the training step compiled for {len(lengths)} batch shape(s), lengths {lengths} (pad_to='12,16,24,64')"]
 
 
+@pytest.mark.parametrize("objective", ["classification", "lm"])
+def test_batches_of_multi_token_candidates_take_one_shape_per_padded_length(objective):
+    """Training batches keep the split's most candidate tokens as their target positions (the
+    LM head's rows), not each batch's own most: every array's shape, hence the compiled step,
+    follows from the padded length alone."""
+    from zojax.finetune import setup
+
+    rng = np.random.default_rng(0)
+    tokens = lambda lo, hi: rng.integers(5, 50, rng.integers(lo, hi)).tolist()
+    encoded = [tasks.Encoded(tokens(2, 30), [tokens(1, 9), tokens(1, 9)], int(rng.integers(2))) for _ in range(64)]
+    cfg = finetune.default_config()
+    cfg.update(batch_size=4, objective=objective, pad_to="16")
+    batches = [setup.train_batch(cfg, encoded, t)[0] for t in range(32)]
+    shapes = {}
+    for b in batches:
+        shapes.setdefault(b.input_ids.shape[1], set()).add(tuple(x.shape for x in b))
+    assert len(shapes) > 1 and all(len(s) == 1 for s in shapes.values()), shapes
+    most = tasks.most_targets(encoded, "gold" if objective == "lm" else "all")
+    assert {b.target_positions.shape[1] for b in batches} == {most}
+    assert len({int(b.target_mask.sum(1).max()) for b in batches}) > 1  # each batch's own most varies
+
+
 def test_in_context_evaluation_prepends_demonstrations(tiny_model, small_config, tmp_path):
     cfg = small_config(tmp_path / "run", steps=0, num_demos=2)
     plain = small_config(tmp_path / "plain", steps=0)

@@ -124,7 +124,7 @@ def run(cfg) -> dict:
         runfolder.profile(cfg, out, step - start)
         t0 = time.perf_counter()
         batch = sharding.shard_rows(train_batch(cfg, s.data.train.encoded, step), mesh)
-        shapes.add(batch[0].input_ids.shape)  # one compiled step each
+        shapes.add(tuple(x.shape for x in batch[0]))  # one compiled step each (every array's shape)
         params, opt_state, record = s.step(params, opt_state, base, *batch, skip=np.bool_(False))
         record = {"c": None, "f_plus": None, "f_minus": None, **{k: v.tolist() for k, v in sharding.to_host(record).items()}}
         if not record.pop("finite"):
@@ -168,7 +168,7 @@ def run(cfg) -> dict:
             forced.clear()
     bar.close()
     if shapes:
-        lengths = sorted({shape[1] for shape in shapes})
+        lengths = sorted({shape[0][1] for shape in shapes})  # input_ids [N, T]
         log.text(f"the training step compiled for {len(shapes)} batch shape(s), lengths {lengths} (pad_to={cfg.pad_to!r})")
     runfolder.profile(cfg, out, None)
 
