@@ -13,7 +13,7 @@ a moment-keeping transformation (``scale_by_adam``, ``trace``, ...) with a zojax
 from __future__ import annotations
 
 import sys
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -97,7 +97,8 @@ def _skipped(state) -> jax.Array:
     return sum(i.skipped for i in infos)
 
 
-def chain(direction: optax.GradientTransformation, *rest: optax.GradientTransformation) -> optax.GradientTransformationExtraArgs:
+def chain(direction: optax.GradientTransformation, *rest: optax.GradientTransformation,
+          update_of_state: Callable[[Any], Any] | None = None) -> optax.GradientTransformationExtraArgs:
     """``optax.chain(direction, *rest)`` in which a skipped ZO step (non-finite loss) leaves the
     state of ``rest`` unchanged and gives a zero update.
 
@@ -105,6 +106,12 @@ def chain(direction: optax.GradientTransformation, *rest: optax.GradientTransfor
     after it, so ``scale_by_adam`` decays its moments towards zero; here they are held:
     ``zojax.chain(zojax.scale_by_mezo(1e-3), optax.scale_by_adam(), optax.scale_by_learning_rate(lr))``.
     The state is the tuple ``(direction state, rest state)``.
+
+    ``update_of_state``: optionally, ``rest``'s update as a function of its new state (a
+    trace: the trace itself), which it must equal. The update is then read from the held
+    state, so that XLA writes the state in place; otherwise the new state, needed both by the
+    hold and by the update, is a params-sized temporary (ZO-momentum and ZO-Adam:
+    ``benchmarks/memory.py``).
     """
     after = optax.chain(*rest)
 
@@ -118,6 +125,8 @@ def chain(direction: optax.GradientTransformation, *rest: optax.GradientTransfor
         u, new_after = after.update(d, after_state, params, **extra_args)
         hold = lambda old, new: jnp.where(skipped, old, new) if isinstance(new, jax.Array) else new
         new_after = jax.tree.map(hold, after_state, new_after)
+        if update_of_state is not None:
+            u = update_of_state(new_after)
         u = jax.tree.map(lambda x: jnp.where(skipped, jnp.zeros_like(x), x), u)
         return u, (new_zo, new_after)
 

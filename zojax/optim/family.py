@@ -56,10 +56,12 @@ def scale_by_zo_momentum(eps: float = 1e-3, momentum: float = 0.9, *, num_direct
                          sampler: str | P.Sampler = "gaussian", stacked: P.Stacked = None, rounding: str = "nearest",
                          key=0) -> optax.GradientTransformationExtraArgs:
     """ZO-SGD with heavy-ball momentum (ZO-Bench's ZO-SGD-MMT): m ← β m + ĝ, direction = m
-    (``optax.trace``; m is params-sized, held on skipped steps). State: (MeZO, trace)."""
+    (``optax.trace``; m is params-sized, held on skipped steps and updated in place). State:
+    (MeZO, (trace,))."""
     C.check_hyperparams(eps, {"momentum": momentum})
     return chain(scale_by_mezo(eps, num_directions=num_directions, sampler=sampler, stacked=stacked,
-                               rounding=rounding, key=key), optax.trace(decay=momentum))
+                               rounding=rounding, key=key), optax.trace(decay=momentum),
+                 update_of_state=lambda state: state[0].trace)
 
 
 def zo_momentum(learning_rate, eps: float = 1e-3, momentum: float = 0.9, **kwargs) -> optax.GradientTransformationExtraArgs:
@@ -75,10 +77,18 @@ def scale_by_zo_adam(eps: float = 1e-3, b1: float = 0.9, b2: float = 0.999, adam
         m ← β1 m + (1−β1) ĝ,  v ← β2 v + (1−β2) ĝ²,  direction = m̂ / (√v̂ + ε_adam)
 
     with bias correction (``optax.scale_by_adam``). Skip-aware: a skipped step leaves m, v and
-    Adam's step count unchanged (see :func:`zojax.chain`)."""
+    Adam's step count unchanged (see :func:`zojax.chain`); m and v are updated in place."""
     C.check_hyperparams(eps, {"b1": b1, "b2": b2})
+
+    def adam_update(state):  # optax.scale_by_adam's update from its new state, the same operations
+        (adam,) = state
+        m_hat = optax.tree.bias_correction(adam.mu, b1, adam.count)
+        v_hat = optax.tree.bias_correction(adam.nu, b2, adam.count)
+        return jax.tree.map(lambda m, v: m / (jnp.sqrt(v + 0.0) + adam_eps), m_hat, v_hat)
+
     return chain(scale_by_mezo(eps, num_directions=num_directions, sampler=sampler, stacked=stacked,
-                               rounding=rounding, key=key), optax.scale_by_adam(b1, b2, adam_eps))
+                               rounding=rounding, key=key), optax.scale_by_adam(b1, b2, adam_eps),
+                 update_of_state=adam_update)
 
 
 def zo_adam(learning_rate, eps: float = 1e-3, b1: float = 0.9, b2: float = 0.999, **kwargs) -> optax.GradientTransformationExtraArgs:
