@@ -395,21 +395,19 @@ def compare_runs(earlier: Path, rerun: Path) -> str:
     metrics.jsonl (timings aside) and every test prediction; else the first difference."""
     from zojax.finetune import records
 
-    def content(d: Path) -> list[tuple[str, dict]]:
+    def read(d: Path) -> tuple[list[tuple[str, dict]], dict, float | None]:
+        """(named records without timings, test predictions by index, test accuracy)."""
         steps, events = records.read_metrics(d / "metrics.jsonl")
+        p, s = d / "predictions.json", d / "summary.json"
+        predictions = json.loads(p.read_text())["examples"] if p.exists() else []
         out = [(f"step {t}", steps[t]) for t in sorted(steps)]
         out += [(f"{e['event']} at step {e['step']}", e) for e in events]
-        p = d / "predictions.json"
-        if p.exists():
-            out += [(f"test example {e['index']}", e) for e in json.loads(p.read_text())["examples"]]
-        return [(name, {k: v for k, v in r.items() if k not in TIMING_KEYS}) for name, r in out]
+        out += [(f"test example {e['index']}", e) for e in predictions]
+        named = [(name, {k: v for k, v in r.items() if k not in TIMING_KEYS}) for name, r in out]
+        test = json.loads(s.read_text()).get("test") if s.exists() else None
+        return named, {e["index"]: e["predicted"] for e in predictions}, test
 
-    def outcome(d: Path) -> tuple[dict, float | None]:
-        p, s = d / "predictions.json", d / "summary.json"
-        predicted = {e["index"]: e["predicted"] for e in json.loads(p.read_text())["examples"]} if p.exists() else {}
-        return predicted, json.loads(s.read_text()).get("test") if s.exists() else None
-
-    a, b = content(earlier), content(rerun)
+    (a, pa, ta), (b, pb, tb) = read(earlier), read(rerun)
     first = next(((name, x, y) for (name, x), (other, y) in zip(a, b) if name != other or x != y), None)
     if first is None and len(a) == len(b):
         return f"identical ({len(a)} records: steps, evaluations, test predictions)"
@@ -419,7 +417,6 @@ def compare_runs(earlier: Path, rerun: Path) -> str:
         name, x, y = first
         keys = sorted(k for k in set(x) | set(y) if x.get(k) != y.get(k))
         where = f"first at {name} ({', '.join(f'{k}: {x.get(k)} vs {y.get(k)}' for k in keys[:2])})"
-    (pa, ta), (pb, tb) = outcome(earlier), outcome(rerun)
     test = "" if ta is None or tb is None else f"; test {100 * ta:.1f} vs {100 * tb:.1f}"
     changed = f", {sum(pa[i] != pb.get(i) for i in pa)} of {len(pa)} test predictions changed" if pa and pb else ""
     return f"differ {where}{test}{changed}"
