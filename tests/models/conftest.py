@@ -211,8 +211,9 @@ def hf_logits():
 
 
 # The largest |zojax - transformers| logit accepted on every tiny model (float32, the padded
-# batch; see test_logits_match_transformers).
-LOGITS_ATOL = 1e-5
+# batch): float32's rounding floor, below what any formula difference gives (see
+# test_logits_match_transformers).
+LOGITS_ATOL = 3e-5
 
 
 @pytest.fixture(scope="session")

@@ -312,10 +312,13 @@ def adam_rule(state, p, zs, eps, lr, b1=0.9, b2=0.99, delta=1e-8):
 
 
 def cons_rule(state, p, zs, eps, lr):
-    """ZO-Bench's conservative step: of θ, θ − ηĝ, θ + ηĝ keep the lowest loss."""
+    """ZO-Bench's conservative step: of θ, θ − ηĝ, θ + ηĝ keep the lowest loss. The test's
+    draws must decide every choice in float32: the best loss beats the next by > 1e-5."""
     c = two_point_np(p, zs[0], eps)
     g = {k: c * zs[0][k] for k in p}
     losses = [loss_np({k: p[k] - s * lr * g[k] for k in p}) for s in (0, 1, -1)]
+    best, runner_up = sorted(losses)[:2]
+    assert runner_up - best > 1e-5 * best, f"a float32 tie between candidates {losses}: choose other draws"
     s = (0, 1, -1)[int(np.argmin(losses))]
     return {k: s * g[k] for k in p}, state
 
@@ -345,7 +348,8 @@ FAMILY = {
     "zo-sign": (lambda s: zojax.zo_sign(2e-2, 0.1, sampler=s), sign_rule, 2e-2, 1),
     "zo-momentum": (lambda s: zojax.zo_momentum(2e-3, 0.1, 0.8, sampler=s), momentum_rule, 2e-3, 1),
     "zo-adam": (lambda s: zojax.zo_adam(1e-2, 0.1, 0.9, 0.99, sampler=s), adam_rule, 1e-2, 1),
-    "zo-cons": (lambda s: zojax.zo_cons(3e-3, 0.1, sampler=s), cons_rule, 3e-3, 1),
+    # η large enough that θ − ηĝ overshoots on 15 of the 36 steps taken and θ is kept.
+    "zo-cons": (lambda s: zojax.zo_cons(3e-2, 0.1, sampler=s), cons_rule, 3e-2, 1),
     "forward-gradient": (lambda s: zojax.forward_gradient(5e-3, num_directions=2, sampler=s), forward_rule, 5e-3, 2),
     "hizoo": (lambda s: zojax.hizoo(5e-3, 0.1, 0.05, sampler=s), hizoo_rule, 5e-3, 1),
 }
@@ -359,3 +363,16 @@ def test_family_matches_numpy_transcription(name):
     want = family_reference(rule, lr, 0.1, tables, FAMILY_SKIPS, q)
     assert_trajectories_match(got, want, rtol=5e-5)
     assert loss_np(want[-1]) < 0.9 * loss_np(PARAMS)  # the run makes progress
+
+
+def test_zo_cons_takes_the_opposite_step_when_the_estimate_points_uphill():
+    """f(θ) = cos θ at θ = 0.5, z = 1, ε = 4: c = (cos(θ+ε) − cos(θ−ε)) / 2ε = −sin θ sin ε / ε > 0
+    while f'(θ) = −sin θ < 0, so θ + ηĝ is the best of the three candidates (the quadratic of
+    the transcription test never gives that branch: its central differences are exact)."""
+    c = -np.sin(0.5) * np.sin(4.0) / 4.0
+    assert c > 0 > -np.sin(0.5)
+    tx = zojax.zo_cons(1.0, 4.0, sampler=Table({(1,): np.ones((1, 1), np.float32)}))
+    params = {"w": jnp.full((1,), 0.5)}
+    updates, state = tx.update(None, tx.init(params), params, value_fn=lambda p: jnp.cos(p["w"][0]))
+    np.testing.assert_allclose(np.asarray(updates["w"]), [c], rtol=1e-5)
+    np.testing.assert_allclose(float(zojax.step_info(state).projected_grad), c, rtol=1e-5)
