@@ -211,8 +211,8 @@ def hf_logits():
 
 
 # The largest |zojax - transformers| logit accepted on every tiny model (float32, the padded
-# batch): float32's rounding floor, below what any formula difference gives (see
-# test_logits_match_transformers).
+# batch): above float32's rounding floor, far below the error of a wrong formula such as a
+# misread norm ε (figures in test_logits_match_transformers).
 LOGITS_ATOL = 3e-5
 
 
