@@ -72,6 +72,13 @@ def test_run_matches_a_hand_written_loop_and_records_the_two_point_loss():
     assert float(jnp.sum(jnp.abs(PROBLEM.params["w"]))) == 0.0
 
 
+@pytest.mark.parametrize("tx", [zojax.mezo(1e-2), zojax.lozo(1e-2, rank=2, nu=5), optax.adam(1e-2)], ids=["mezo", "lozo", "adam"])
+def test_run_compiles_its_step_once(tx, compilations):
+    """The initial state is placed as the step returns it: step 1 reuses step 0's program."""
+    compare.run(tx, PROBLEM, 3)
+    assert compilations["jit(step)"] == 1, compilations
+
+
 def test_first_order_run_converges_and_reports_memory():
     result = compare.run(optax.adam(5e-2), PROBLEM, 200)
     assert result.loss[-1] < 0.05 * result.loss[0]

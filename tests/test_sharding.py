@@ -13,9 +13,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.sharding import AbstractMesh, AxisType
+from jax.sharding import AbstractMesh, AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+import zojax
 import zojax.models
 from zojax import perturb
 from zojax import sharding as S
@@ -186,6 +187,28 @@ def test_shard_batch_on_one_device():
     assert out["ids"].sharding.spec == P(("data", "fsdp"), None)
     rows = S.process_rows(mesh, 2 * jax.device_count())
     np.testing.assert_array_equal(rows, np.arange(2 * jax.device_count()))
+
+
+def test_state_shardings_give_moments_the_params_shardings_and_replicate_the_rest():
+    import optax
+
+    mesh = S.make_mesh("1,-1,1")
+    params = {"b": jnp.zeros(6), "w": jnp.zeros((4, 6))}
+    shardings = {"b": NamedSharding(mesh, P()), "w": NamedSharding(mesh, P("fsdp", "tensor"))}
+    replicated = NamedSharding(mesh, P())
+
+    adam = optax.adam(1e-3)
+    out = S.state_shardings(adam.init(params), params, shardings)
+    assert out[0].mu == shardings and out[0].nu == shardings and out[0].count == replicated
+
+    lozo_m = zojax.lozo(1e-3, rank=2, nu=5, momentum=0.9)  # momentum in the low-rank factor: not params-shaped
+    state = lozo_m.init(params)
+    out = S.state_shardings(state, params, shardings)
+    assert jax.tree.structure(out) == jax.tree.structure(state)
+    assert set(jax.tree.leaves(out)) == {replicated}
+
+    one = jax.tree.map(lambda x: x.sharding, params)  # one device, no mesh: everything on it
+    assert set(jax.tree.leaves(S.state_shardings(adam.init(params), params, one))) == set(jax.tree.leaves(one))
 
 
 # ------------------------------------------------------------------------------ 8 devices, 2 processes

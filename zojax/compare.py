@@ -139,11 +139,14 @@ def run(
     ``progress`` shows a progress bar with the loss."""
     from tqdm.auto import tqdm
 
-    params = jax.tree.map(jnp.array, problem.params)  # a copy: the step donates its input
-    opt_state = tx.init(params)
+    # A committed copy (the step donates its input), so that step 1 sees step 0's placement.
+    shardings = jax.tree.map(lambda x: jnp.asarray(x).sharding, problem.params)
+    params = jax.device_put(problem.params, shardings, may_alias=False)
+    state_shardings = zojax.sharding.state_shardings(jax.eval_shape(tx.init, params), params, shardings)
+    opt_state = jax.jit(tx.init, out_shardings=state_shardings)(params)
     zeroth_order = is_zeroth_order(opt_state)
     per_step = forwards_per_step(opt_state)
-    step = jax.jit(make_step(tx, problem.loss, zeroth_order), donate_argnums=(0, 1))
+    step = jax.jit(make_step(tx, problem.loss, zeroth_order, shardings, state_shardings), donate_argnums=(0, 1))
     memory = memory_stats(step.lower(params, opt_state, problem.data(0)).compile())
 
     losses, times = [], []

@@ -144,6 +144,23 @@ def param_shardings(tree, mesh: Mesh, rules: Rules | None = None, axes=None):
     return treedef.unflatten([NamedSharding(mesh, s) for s in specs])
 
 
+def state_shardings(state, params, shardings):
+    """Shardings for an optimizer ``state`` of ``params`` placed on ``shardings`` (a matching
+    tree): every subtree of the state with the structure and shapes of ``params`` (moments)
+    takes ``shardings``, every other leaf (keys, counters, scalars, low-rank factors) is
+    replicated over the same devices.
+
+    Placing the initial state on these, and constraining the step's new state to them, makes
+    the step's inputs and outputs share shardings: it compiles once, not once more at step 1
+    when the state comes back committed."""
+    treedef = jax.tree.structure(params)
+    shapes = [np.shape(x) for x in jax.tree.leaves(params)]
+    first = jax.tree.leaves(shardings)[0]
+    replicated = NamedSharding(first.mesh, P()) if isinstance(first, NamedSharding) else first
+    like_params = lambda x: jax.tree.structure(x) == treedef and [np.shape(y) for y in jax.tree.leaves(x)] == shapes
+    return jax.tree.map(lambda x: shardings if like_params(x) else replicated, state, is_leaf=like_params)
+
+
 def loader_sharding(mesh: Mesh, rules: Rules | None = None, config=None) -> Callable[[str, tuple], NamedSharding]:
     """``sharding(path, shape)`` for ``zojax.models.load(..., sharding=...)``: each device reads
     only its slice of the checkpoint. With the model's ``config`` every parameter is checked up

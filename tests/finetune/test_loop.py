@@ -70,7 +70,7 @@ def test_unknown_names_fail_before_loading(field, value, message, tmp_path):
     assert not (tmp_path / "run").exists()
 
 
-def test_batches_are_padded_to_the_listed_lengths_one_compiled_step_each(tiny_model, small_config, tmp_path, capsys):
+def test_batches_are_padded_to_the_listed_lengths_one_compiled_step_each(tiny_model, small_config, tmp_path, capsys, compilations):
     from zojax.finetune import setup
 
     cfg = small_config(tmp_path / "run", steps=8, eval_every=0, checkpoint_every=0, pad_to="12,16,24,64")
@@ -86,6 +86,7 @@ def test_batches_are_padded_to_the_listed_lengths_one_compiled_step_each(tiny_mo
     lengths = sorted({next(b for b in (12, 16, 24, 64) if b >= n) for n in longest})
     assert len(set(longest)) > len(lengths)  # the list merged different lengths
     assert printed == [f"the training step compiled for {len(lengths)} batch shape(s), lengths {lengths} (pad_to='12,16,24,64')"]
+    assert compilations["jit(step)"] == len(lengths), compilations  # and no more: the state keeps its shardings
 
 
 @pytest.mark.parametrize("objective", ["classification", "lm"])

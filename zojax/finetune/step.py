@@ -42,7 +42,9 @@ def _first_info(state) -> zojax.StepInfo:
     return info if isinstance(info, zojax.StepInfo) else info[0]
 
 
-def make_step(tx: optax.GradientTransformation, loss: Callable, zeroth_order: bool, param_shardings=None) -> Callable:
+def make_step(
+    tx: optax.GradientTransformation, loss: Callable, zeroth_order: bool, param_shardings=None, state_shardings=None
+) -> Callable:
     """``step(params, opt_state, *args) -> (params, opt_state, record)``, not yet jitted.
 
     ``loss(params, *args)`` -> scalar, optionally with a ``param_hook=None`` keyword (ZO
@@ -50,7 +52,8 @@ def make_step(tx: optax.GradientTransformation, loss: Callable, zeroth_order: bo
     f(θ−εz)), ``skipped``, ``finite`` (every new parameter is finite), and for ZO ``f_plus``,
     ``f_minus`` and the projected gradient ``c`` (shape (q,) with q directions). ``skip``
     (a bool scalar) skips the step as a non-finite loss would. New params keep
-    ``param_shardings`` if given.
+    ``param_shardings`` and the new state ``state_shardings`` if given (see
+    :func:`zojax.sharding.state_shardings`: inputs and outputs alike, one compilation).
     """
     hooked = takes_param_hook(loss)
 
@@ -76,6 +79,8 @@ def make_step(tx: optax.GradientTransformation, loss: Callable, zeroth_order: bo
         new_params = jax.tree.map(lambda n, o: jnp.where(ok, n, o), new_params, params)
         if param_shardings is not None:
             new_params = jax.lax.with_sharding_constraint(new_params, param_shardings)
+        if state_shardings is not None:
+            new_state = jax.lax.with_sharding_constraint(new_state, state_shardings)
         return new_params, new_state, {**record, "skipped": ~ok, "finite": all_finite(new_params)}
 
     return step
