@@ -142,8 +142,7 @@ def run(
     # A committed copy (the step donates its input), so that step 1 sees step 0's placement.
     shardings = jax.tree.map(lambda x: jnp.asarray(x).sharding, problem.params)
     params = jax.device_put(problem.params, shardings, may_alias=False)
-    state_shardings = zojax.sharding.state_shardings(jax.eval_shape(tx.init, params), params, shardings)
-    opt_state = jax.jit(tx.init, out_shardings=state_shardings)(params)
+    opt_state, state_shardings = zojax.sharding.init_state(tx, params, shardings)
     zeroth_order = is_zeroth_order(opt_state)
     per_step = forwards_per_step(opt_state)
     step = jax.jit(make_step(tx, problem.loss, zeroth_order, shardings, state_shardings), donate_argnums=(0, 1))

@@ -161,6 +161,13 @@ def state_shardings(state, params, shardings):
     return jax.tree.map(lambda x: shardings if like_params(x) else replicated, state, is_leaf=like_params)
 
 
+def init_state(tx, params, shardings):
+    """``(tx.init(params), state_shardings)``: the optimizer state created on
+    :func:`state_shardings`, for a step that constrains its new state to the same."""
+    placed = state_shardings(jax.eval_shape(tx.init, params), params, shardings)
+    return jax.jit(tx.init, out_shardings=placed)(params), placed
+
+
 def loader_sharding(mesh: Mesh, rules: Rules | None = None, config=None) -> Callable[[str, tuple], NamedSharding]:
     """``sharding(path, shape)`` for ``zojax.models.load(..., sharding=...)``: each device reads
     only its slice of the checkpoint. With the model's ``config`` every parameter is checked up

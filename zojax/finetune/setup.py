@@ -219,10 +219,10 @@ def build(cfg, model=None, mesh=None) -> Setup:
     tx = opt_state = step = None
     if cfg.steps:  # evaluation only (steps=0) needs no optimizer
         tx = make_optimizer(cfg, params, trainable.stacked)
-        state_shardings = None
-        if mesh is not None:
-            state_shardings = sharding.state_shardings(jax.eval_shape(tx.init, params), params, shardings)
-        opt_state = jax.jit(tx.init, out_shardings=state_shardings)(params)
+        if mesh is None:
+            opt_state, state_shardings = jax.jit(tx.init)(params), None
+        else:
+            opt_state, state_shardings = sharding.init_state(tx, params, shardings)
         step = jax.jit(make_step(tx, loss, zeroth_order, shardings, state_shardings), donate_argnums=(0, 1))
     return Setup(cfg, model, data, trainable, mesh, params, trainable.base, tx, opt_state, loss, step,
                  make_predict(trainable), zeroth_order)
