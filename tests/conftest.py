@@ -1,6 +1,9 @@
 """Fixtures shared by every test folder."""
 
 import collections
+import os
+import shutil
+import tempfile
 
 import jax
 import pytest
@@ -21,3 +24,21 @@ def compilations():
     jax.monitoring.register_event_duration_secs_listener(listener)
     yield counts
     jax.monitoring.unregister_event_duration_listener(listener)
+
+
+def pytest_configure(config):
+    """One persistent compilation cache for the whole run, shared by both xdist workers and
+    every subprocess a test starts (the loop's "auto" cache reads the same variable): the
+    tiny model's programs compile once per run instead of once per test."""
+    if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+        os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="zojax-tests-jax-cache-")
+        config.stash[_OWN_CACHE] = os.environ["JAX_COMPILATION_CACHE_DIR"]
+    jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
+
+
+def pytest_unconfigure(config):
+    if folder := config.stash.get(_OWN_CACHE, None):
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+_OWN_CACHE = pytest.StashKey[str]()
