@@ -9,50 +9,23 @@ import transformers
 
 import zojax.models
 
+# Every tiny model: 2 layers of width 32 over 101 ids, 4 query heads; each entry names what
+# it adds (tying, grouped keys, a RoPE variant, biases, a sliding window, a head size).
+SMALL = dict(vocab_size=101, hidden_size=32, num_hidden_layers=2, num_attention_heads=4)
+DECODER = dict(SMALL, intermediate_size=64)
+ROPE_100 = {"rope_type": "default", "rope_theta": 100.0}
+
 TINY_CONFIGS = {
-    "opt": lambda: transformers.OPTConfig(
-        vocab_size=101,
-        hidden_size=32,
-        ffn_dim=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        max_position_embeddings=32,
-    ),
+    "opt": lambda: transformers.OPTConfig(**SMALL, ffn_dim=64, max_position_embeddings=32),
     "opt350_post_ln_proj": lambda: transformers.OPTConfig(
-        vocab_size=101,
-        hidden_size=32,
-        ffn_dim=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        max_position_embeddings=32,
-        do_layer_norm_before=False,
-        word_embed_proj_dim=16,
+        **SMALL, ffn_dim=64, max_position_embeddings=32, do_layer_norm_before=False, word_embed_proj_dim=16
     ),
     "llama_gqa_tied": lambda: transformers.LlamaConfig(
-        vocab_size=101,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        tie_word_embeddings=True,
-        rope_parameters={"rope_type": "default", "rope_theta": 100.0},
+        **DECODER, num_key_value_heads=2, tie_word_embeddings=True, rope_parameters=ROPE_100
     ),
-    "llama_untied": lambda: transformers.LlamaConfig(
-        vocab_size=101,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        tie_word_embeddings=False,
-    ),
+    "llama_untied": lambda: transformers.LlamaConfig(**DECODER, num_key_value_heads=4, tie_word_embeddings=False),
     "llama3_rope": lambda: transformers.LlamaConfig(
-        vocab_size=101,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
+        **DECODER,
         num_key_value_heads=1,
         head_dim=16,
         tie_word_embeddings=False,
@@ -66,63 +39,32 @@ TINY_CONFIGS = {
         },
     ),
     "llama_linear_rope_biases": lambda: transformers.LlamaConfig(
-        vocab_size=101,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
+        **DECODER,
         num_key_value_heads=2,
         attention_bias=True,
         mlp_bias=True,
         rope_parameters={"rope_type": "linear", "rope_theta": 100.0, "factor": 2.0},
     ),
     "llama_dynamic_rope": lambda: transformers.LlamaConfig(
-        vocab_size=101,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
+        **DECODER,
         num_key_value_heads=2,
         max_position_embeddings=6,  # the 10-token batch reaches past it: the base grows
         rope_parameters={"rope_type": "dynamic", "rope_theta": 100.0, "factor": 2.0},
     ),
     "mistral_window": lambda: transformers.MistralConfig(
-        vocab_size=101,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        sliding_window=4,
-        rope_parameters={"rope_type": "default", "rope_theta": 100.0},
+        **DECODER, num_key_value_heads=2, sliding_window=4, rope_parameters=ROPE_100
     ),
     "qwen2_tied_window": lambda: transformers.Qwen2Config(
-        vocab_size=101,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
+        **DECODER,
         num_key_value_heads=2,
         tie_word_embeddings=True,
         use_sliding_window=True,
         sliding_window=3,
         max_window_layers=1,  # layer 0 full attention, layer 1 a window of 3
     ),
-    "qwen2_untied": lambda: transformers.Qwen2Config(
-        vocab_size=101,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        tie_word_embeddings=False,
-    ),
+    "qwen2_untied": lambda: transformers.Qwen2Config(**DECODER, num_key_value_heads=2, tie_word_embeddings=False),
     "qwen3_head_dim_bias": lambda: transformers.Qwen3Config(
-        vocab_size=101,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
+        **DECODER,
         num_key_value_heads=2,
         head_dim=16,  # q: 4 x 16 = 64 != hidden 32
         attention_bias=True,
