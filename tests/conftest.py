@@ -26,10 +26,14 @@ def compilations():
     jax.monitoring.unregister_event_duration_listener(listener)
 
 
+_OWN_CACHE = pytest.StashKey[str]()  # the cache folder this run made, and deletes at its end
+
+
 def pytest_configure(config):
     """One persistent compilation cache for the whole run, shared by both xdist workers and
-    every subprocess a test starts (the loop's "auto" cache reads the same variable): the
-    tiny model's programs compile once per run instead of once per test."""
+    every subprocess a test starts (the loop's "auto" cache reads the same variable): a
+    program that compiles for a second or more (JAX's threshold) compiles once per run,
+    not once per test. A set ``JAX_COMPILATION_CACHE_DIR`` is used as it is; empty: off."""
     if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
         os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="zojax-tests-jax-cache-")
         config.stash[_OWN_CACHE] = os.environ["JAX_COMPILATION_CACHE_DIR"]
@@ -39,6 +43,3 @@ def pytest_configure(config):
 def pytest_unconfigure(config):
     if folder := config.stash.get(_OWN_CACHE, None):
         shutil.rmtree(folder, ignore_errors=True)
-
-
-_OWN_CACHE = pytest.StashKey[str]()
