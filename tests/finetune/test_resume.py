@@ -48,24 +48,40 @@ def numbered(folder: Path) -> set[int]:
     return {int(p.name) for p in folder.iterdir() if p.name.isdigit()} if folder.is_dir() else set()
 
 
+def last_step(workdir: Path) -> int:
+    """The last step of metrics.jsonl's records (0 if none), skipping a line cut short."""
+    path, last = workdir / "metrics.jsonl", 0
+    for line in path.read_text().splitlines() if path.exists() else []:
+        try:
+            last = max(last, json.loads(line)["step"])
+        except (json.JSONDecodeError, KeyError, TypeError):
+            continue
+    return last
+
+
 # Moments to kill at: inside a best/ save, after a best/ save and before the checkpoint of
-# the same step (the old dead end), inside a checkpoint's save, after some step records, or
-# at a random time. The first evaluation is always a new best: the best/ moments come while
-# no checkpoint exists yet, so each start reaches them again.
+# the same step (the old dead end), inside a checkpoint's save, after step records past the
+# next checkpoint, or at a random time. The first evaluation is always a new best: the best/
+# moments come while no checkpoint exists yet, so each start reaches them again.
 MOMENTS = ["best", "best_before_checkpoint", "best", "checkpoint", "records", "time",
            "checkpoint", "records", "time", "checkpoint"]
+PAST = 4  # steps past the resumed checkpoint: one past the next (checkpoint_every=3)
 
 
-def reached(moment: str, workdir: Path, lines_at_start: int) -> bool:
+def inode(path: Path) -> int | None:
+    return path.stat().st_ino if path.exists() else None
+
+
+def reached(moment: str, workdir: Path, resumed_at: int, old_records: int | None) -> bool:
     if moment == "checkpoint":
         return saving(workdir / "checkpoints")
     if moment == "best":
         return saving(workdir / "best")
     if moment == "best_before_checkpoint":
         return bool(numbered(workdir / "best") - numbered(workdir / "checkpoints")) and not saving(workdir / "best")
-    if moment == "records":
-        path = workdir / "metrics.jsonl"
-        return path.exists() and len(path.read_text().splitlines()) >= lines_at_start + 8  # past a checkpoint
+    if moment in ("records", "time"):  # a random time comes no later: the run's speed cannot use up its steps
+        path = workdir / "metrics.jsonl"  # rewritten (new inode) when the run resumes: no stale records
+        return inode(path) not in (None, old_records) and last_step(workdir) >= resumed_at + PAST
     raise ValueError(moment)
 
 
@@ -81,11 +97,11 @@ def test_killed_ten_times_and_resumed_ends_bit_identical(small_config, cli, tmp_
     command = cli(small_config(killed, **settings))
     kills, deadline = [], time.time() + 900
     for moment in MOMENTS:
-        lines = len((killed / "metrics.jsonl").read_text().splitlines()) if (killed / "metrics.jsonl").exists() else 0
+        resumed_at, old_records = max(numbered(killed / "checkpoints"), default=0), inode(killed / "metrics.jsonl")
         proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        at = time.time() + rng.uniform(2.0, 20.0)
+        at = time.time() + rng.uniform(2.0, 20.0) if moment == "time" else float("inf")
         while proc.poll() is None and time.time() < deadline:
-            if (time.time() >= at) if moment == "time" else reached(moment, killed, lines):
+            if time.time() >= at or reached(moment, killed, resumed_at, old_records):
                 os.kill(proc.pid, signal.SIGKILL)
                 kills.append(moment)
                 break
