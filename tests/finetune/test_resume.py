@@ -17,6 +17,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+from zojax.finetune.records import read_metrics
 from zojax.finetune.step import all_finite
 
 ROOT = Path(__file__).parents[2]
@@ -48,17 +49,6 @@ def numbered(folder: Path) -> set[int]:
     return {int(p.name) for p in folder.iterdir() if p.name.isdigit()} if folder.is_dir() else set()
 
 
-def last_step(workdir: Path) -> int:
-    """The last step of metrics.jsonl's records (0 if none), skipping a line cut short."""
-    path, last = workdir / "metrics.jsonl", 0
-    for line in path.read_text().splitlines() if path.exists() else []:
-        try:
-            last = max(last, json.loads(line)["step"])
-        except (json.JSONDecodeError, KeyError, TypeError):
-            continue
-    return last
-
-
 # Moments to kill at: inside a best/ save, after a best/ save and before the checkpoint of
 # the same step (the old dead end), inside a checkpoint's save, after step records past the
 # next checkpoint, or at a random time. The first evaluation is always a new best: the best/
@@ -81,7 +71,7 @@ def reached(moment: str, workdir: Path, resumed_at: int, old_records: int | None
         return bool(numbered(workdir / "best") - numbered(workdir / "checkpoints")) and not saving(workdir / "best")
     if moment in ("records", "time"):  # a random time comes no later: the run's speed cannot use up its steps
         path = workdir / "metrics.jsonl"  # rewritten (new inode) when the run resumes: no stale records
-        return inode(path) not in (None, old_records) and last_step(workdir) >= resumed_at + PAST
+        return inode(path) not in (None, old_records) and max(read_metrics(path)[0], default=0) >= resumed_at + PAST
     raise ValueError(moment)
 
 
