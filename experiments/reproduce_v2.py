@@ -21,7 +21,10 @@ row is finished when its run folder holds summary.json):
    ties the lower lr) and a winner at an edge adds the next value beyond it, up to MAX_GRID;
 3. main runs: each method at its chosen lr, seeds 0, 1, 2 (z and the batch order; the
    sample is fixed by data_seed), MAIN_STEPS steps (first-order Adam FT_STEPS; its seed-0
-   main run is its grid row).
+   main run is its grid row);
+4. rate checks: once a method's main runs have finished, a grid neighbour of its chosen lr
+   whose GRID_STEPS held-out loss is within the seed-to-seed spread of the winner's (the sd
+   of the main runs' held-out loss at step GRID_STEPS) runs MAIN_STEPS too (seed 0).
 
 A row already started (a checkpoint, not finished) runs before any other. ``--first`` runs the
 named methods' grids and main runs before the others' (same rows, another order).
@@ -86,7 +89,7 @@ def fmt_lr(lr: float) -> str:
 @dataclasses.dataclass(frozen=True)
 class Row:
     method: str
-    kind: str  # "control", "grid" or "main"
+    kind: str  # "control", "grid", "main" or "check"
     lr: float | None = None
     seed: int = 0
     steps: int = 0
@@ -96,7 +99,7 @@ class Row:
         d = RESULTS / "runs" / self.kind / self.method
         if self.lr is not None:
             d = d / f"lr{fmt_lr(self.lr)}"
-        return d / f"seed{self.seed}" if self.kind == "main" else d
+        return d / f"seed{self.seed}" if self.kind in ("main", "check") else d
 
     @property
     def log_dir(self) -> Path:
@@ -221,8 +224,9 @@ def main_row(method: str, k: int, seed: int) -> Row:
 
 def plan(methods=TRAINED, first=()) -> list[Row]:
     """Every row known now, in the order they run: controls, the grids round-robin (one
-    value per method in turn), then the main runs of each settled grid, seed by seed; the
-    methods in ``first`` go through all of that before the others."""
+    value per method in turn), then the main runs of each settled grid, seed by seed, then the
+    rate checks (:func:`check_ks`); the methods in ``first`` go through all of that before the
+    others."""
     unknown = set(first) - set(methods)
     if unknown:
         raise ValueError(f"--first: unknown methods {sorted(unknown)}; choose from {list(methods)}")
@@ -234,6 +238,7 @@ def plan(methods=TRAINED, first=()) -> list[Row]:
             rows += [grid_row(m, grids[m][0][r]) for m in group if r < len(grids[m][0])]
         for seed in C.SEEDS:
             rows += [main_row(m, grids[m][1], seed) for m in group if grids[m][2]]
+        rows += [check_row(m, k) for m in group for k in check_ks(m)]
     return list(dict.fromkeys(rows))
 
 
@@ -241,6 +246,39 @@ def main_rows(method: str) -> list[Row] | None:
     """The method's main rows (None while its grid is unsettled)."""
     ks, best, settled = grid(method)
     return [main_row(method, best, s) for s in C.SEEDS] if settled else None
+
+
+def heldout_at(row: Row, step: int) -> float | None:
+    steps, loss = heldout_curve(row)
+    hit = np.flatnonzero(steps == step)
+    return float(loss[hit[0]]) if len(hit) else None
+
+
+def grid_spread(method: str) -> float | None:
+    """How much one GRID_STEPS-step held-out loss moves with the seed alone: the sd over the
+    method's finished main runs of their held-out loss at step GRID_STEPS (None until all have
+    finished)."""
+    rows = main_rows(method)
+    if method not in ZO or rows is None or any(R.status(r) != "finished" for r in rows):
+        return None
+    at = [heldout_at(r, C.GRID_STEPS) for r in rows]
+    return None if None in at else float(np.std(at, ddof=1))
+
+
+def check_ks(method: str) -> list[int]:
+    """The rate check: a grid neighbour of the chosen rate whose final held-out loss is within
+    :func:`grid_spread` of the winner's is not told apart from it by one short run, so it also
+    runs the main budget (seed SEEDS[0]) once the method's main runs have finished."""
+    spread = grid_spread(method)
+    if spread is None:
+        return []
+    ks, best, _ = grid(method)
+    win = final_heldout(grid_row(method, best))
+    return [k for k in (best - 1, best + 1) if k in ks and final_heldout(grid_row(method, k)) - win <= spread]
+
+
+def check_row(method: str, k: int) -> Row:
+    return Row(method, "check", lr_of(k), C.SEEDS[0], C.MAIN_STEPS)
 
 
 # --------------------------------------------------------------------------- outputs
@@ -445,6 +483,36 @@ def earlier_rows(rows: list[Row]) -> list[str]:
             "|---|---|---|---|", *lines, ""]
 
 
+def check_table() -> list[str]:
+    """The rate check's rows beside the chosen rate's seed-SEEDS[0] main run: losses, test
+    accuracy, McNemar against the chosen rate, forward passes to MeZO's final held-out loss."""
+    checks = {m: check_ks(m) for m in ZO}
+    if not any(checks.values()):
+        spreads = [m for m in ZO if grid_spread(m) is not None]
+        return [f"No neighbour is within the spread yet (spread known for: {', '.join(LABELS[m] for m in spreads) or 'none'})."]
+    seed = C.SEEDS[0]
+    mezo = main_rows("mezo")
+    target = final_heldout(mezo[0]) if mezo else None
+    out = [f"| method | lr | held-out loss at step {C.GRID_STEPS} (grid) | seed spread at step {C.GRID_STEPS} "
+           f"| final held-out loss | test | McNemar vs the chosen lr (b, c, p) | forward passes to MeZO's final held-out loss |",
+           "|---|---|---|---|---|---|---|---|"]
+    for m, ks in checks.items():
+        if not ks:
+            continue
+        best = grid(m)[1]
+        chosen = main_row(m, best, seed)
+        for k, r in [(best, chosen), *((k, check_row(m, k)) for k in ks)]:
+            done = R.status(r) == "finished"
+            g, v, s = final_heldout(grid_row(m, k)), final_heldout(r), R.summary(r)
+            pair = None if r is chosen else (correct(r), correct(chosen))
+            mc = "" if pair is None or any(c is None for c in pair) else "%d, %d, %.3g" % mcnemar(*pair)
+            n = reach(*heldout_curve(r), target, r.forwards_per_step) if done and target is not None else None
+            out.append(f"| {LABELS[m]} | {fmt_lr(r.lr)}{' (chosen)' if r is chosen else ''} | {g:.4f} | {grid_spread(m):.4f} "
+                       f"| {f'{v:.4f}' if done else R.status(r)} | {pct(s['test']) if s else ''} | {mc} "
+                       f"| {'' if not done else 'not reached' if n is None else n} |")
+    return out
+
+
 def row_name(r: Row) -> str:
     return f"{r.kind} {LABELS[r.method]}" + ("" if r.lr is None else f" lr {fmt_lr(r.lr)} seed {r.seed}")
 
@@ -514,7 +582,12 @@ def render_table(memory_md: str | None = None) -> str:
               "", "## Forward passes to reach MeZO's final held-out loss and stay at or below it (per seed)", "",
               f"Target: MeZO's held-out loss at its last step in the same seed; the loss is evaluated every {C.EVAL_EVERY} steps "
               f"({C.EVAL_EVERY * R.ZO_FORWARDS} forward passes of a ZO method), so values are multiples of that. Curves: heldout.png.",
-              "", *reach_table, "", "## Peak memory", "",
+              "", *reach_table, "",
+              f"## Rate check: near-tied grid neighbours at the main budget (seed {C.SEEDS[0]})", "",
+              f"One {C.GRID_STEPS}-step run per rate cannot order two rates whose held-out losses differ by less than the "
+              f"seed alone moves them (the sd over a method's main runs of the held-out loss at step {C.GRID_STEPS}). Such "
+              f"a neighbour of the chosen rate also runs {C.MAIN_STEPS} steps, so that a verdict does not rest on the "
+              "short run's choice.", "", *check_table(), "", "## Peak memory", "",
               memory_md or "Not measured yet: `python -m experiments.reproduce_v2 --memory` writes memory.md.",
               "", "## Every row and its exact command", "",
               "Run from the repository root; a stopped row continues with the same command.", "",

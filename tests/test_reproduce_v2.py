@@ -147,6 +147,37 @@ def test_table_from_fake_finished_rows(results):
     assert (results / V.RESULTS / "heldout.png").exists()
 
 
+def test_a_neighbour_within_the_seed_spread_runs_the_main_budget_after_the_main_runs(results):
+    start = V.GRID_START["adamezo"]
+    # the start wins by 0.004 over the lower neighbour and by 0.2 over the upper one
+    for k, loss in ((start, 0.500), (start - 1, 0.504), (start + 1, 0.700)):
+        finish(results, V.grid_row("adamezo", k), [0.7, loss])
+    at_300 = {0: 0.50, 1: 0.51, 2: 0.49}  # sd over seeds at step 300: 0.01 > 0.004
+    mains = [V.main_row("adamezo", start, s) for s in C.SEEDS]
+    n = 40
+    for r in mains[:-1]:
+        finish(results, r, [0.7, 0.6, 0.55, at_300[r.seed], 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.48], np.arange(n) < 20)
+    assert V.check_ks("adamezo") == [] and not [r for r in V.plan() if r.kind == "check"]  # a seed unfinished
+    finish(results, mains[-1], [0.7, 0.6, 0.55, at_300[2], 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.48])
+    assert V.grid_spread("adamezo") == pytest.approx(np.std(list(at_300.values()), ddof=1))
+    check = V.Row("adamezo", "check", V.lr_of(start - 1), C.SEEDS[0], C.MAIN_STEPS)
+    rows = V.plan()
+    assert [r for r in rows if r.kind == "check"] == [check] and rows[-1] == check  # after every main row
+    first = V.plan(first=("adamezo",))
+    assert first.index(check) == first.index(mains[-1]) + 1  # with its group, before the others' grids
+    assert V.command(check)[-1] == f"--workdir={V.RESULTS}/runs/check/adamezo/lr{V.fmt_lr(check.lr)}/seed{C.SEEDS[0]}"
+    finish(results, check, [0.7] * 10 + [0.45], np.arange(n) < 30)  # 10 more right than the chosen rate, none fewer
+    V.write_outputs()
+    table = (results / V.RESULTS / "table.md").read_text()
+    section = table.split("## Rate check")[1].split("## Peak memory")[0]
+    assert f"| AdaMeZO | {V.fmt_lr(V.lr_of(start))} (chosen) | 0.5000 | 0.0100 | 0.4800 |" in section
+    assert f"| AdaMeZO | {V.fmt_lr(check.lr)} | 0.5040 | 0.0100 | 0.4500 | 75.0 | 10, 0, {2 / 2**10:.3g} |" in section
+    # with the spread below the gap, nothing is checked
+    finish(results, mains[1], [0.7, 0.6, 0.55, 0.501, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.48])
+    finish(results, mains[2], [0.7, 0.6, 0.55, 0.499, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.48])
+    assert V.check_ks("adamezo") == []
+
+
 def test_a_row_run_again_at_another_code_version_is_compared_with_its_earlier_run(results):
     row = V.grid_row("mezo", V.GRID_START["mezo"])
     for d, code, loss in ((results / V.earlier_dir(row), "a" * 64, 0.61), (results / row.output_dir, "b" * 64, 0.6)):
