@@ -23,8 +23,10 @@ row is finished when its run folder holds summary.json):
    sample is fixed by data_seed), MAIN_STEPS steps (first-order Adam FT_STEPS; its seed-0
    main run is its grid row);
 4. rate checks: once a method's main runs have finished, a grid neighbour of its chosen lr
-   whose GRID_STEPS held-out loss is within the seed-to-seed spread of the winner's (the sd
-   of the main runs' held-out loss at step GRID_STEPS) runs MAIN_STEPS too (seed 0).
+   runs MAIN_STEPS too (seed 0) when its GRID_STEPS held-out loss is within the seed-to-seed
+   spread of the winner's (the sd of the main runs' held-out loss at step GRID_STEPS), and the
+   lower neighbour does when the main runs' held-out loss ends above its value at step
+   GRID_STEPS (the chosen rate gets worse past the grid's horizon).
 
 A row already started (a checkpoint, not finished) runs before any other. ``--first`` runs the
 named methods' grids and main runs before the others' (same rows, another order).
@@ -225,7 +227,7 @@ def main_row(method: str, k: int, seed: int) -> Row:
 def plan(methods=TRAINED, first=()) -> list[Row]:
     """Every row known now, in the order they run: controls, the grids round-robin (one
     value per method in turn), then the main runs of each settled grid, seed by seed, then the
-    rate checks (:func:`check_ks`); the methods in ``first`` go through all of that before the
+    rate checks (:func:`check_reasons`); the methods in ``first`` go through all of that before the
     others."""
     unknown = set(first) - set(methods)
     if unknown:
@@ -238,7 +240,7 @@ def plan(methods=TRAINED, first=()) -> list[Row]:
             rows += [grid_row(m, grids[m][0][r]) for m in group if r < len(grids[m][0])]
         for seed in C.SEEDS:
             rows += [main_row(m, grids[m][1], seed) for m in group if grids[m][2]]
-        rows += [check_row(m, k) for m in group for k in check_ks(m)]
+        rows += [check_row(m, k) for m in group for k in check_reasons(m)]
     return list(dict.fromkeys(rows))
 
 
@@ -254,27 +256,35 @@ def heldout_at(row: Row, step: int) -> float | None:
     return float(loss[hit[0]]) if len(hit) else None
 
 
-def grid_spread(method: str) -> float | None:
-    """How much one GRID_STEPS-step held-out loss moves with the seed alone: the sd over the
-    method's finished main runs of their held-out loss at step GRID_STEPS (None until all have
-    finished)."""
+def main_heldout(method: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """The held-out losses of the method's main runs at step GRID_STEPS and at their last
+    step (None until every seed has finished)."""
     rows = main_rows(method)
     if method not in ZO or rows is None or any(R.status(r) != "finished" for r in rows):
         return None
     at = [heldout_at(r, C.GRID_STEPS) for r in rows]
-    return None if None in at else float(np.std(at, ddof=1))
+    return None if None in at else (np.array(at), np.array([final_heldout(r) for r in rows]))
 
 
-def check_ks(method: str) -> list[int]:
-    """The rate check: a grid neighbour of the chosen rate whose final held-out loss is within
-    :func:`grid_spread` of the winner's is not told apart from it by one short run, so it also
-    runs the main budget (seed SEEDS[0]) once the method's main runs have finished."""
-    spread = grid_spread(method)
-    if spread is None:
-        return []
+def check_reasons(method: str) -> dict[int, str]:
+    """The rate check, once the method's main runs have finished: a grid neighbour k of the
+    chosen rate also runs the main budget (seed SEEDS[0]) when one short run per rate may have
+    chosen wrongly between them; ``{k: why}``.
+
+    - "tie": its GRID_STEPS held-out loss is within the seed spread of the winner's (the sd over
+      the main runs of their held-out loss at step GRID_STEPS), so the grid could not order them;
+    - "rises" (the lower neighbour): the main runs' mean held-out loss ends above its mean at
+      step GRID_STEPS, so the chosen rate gets worse past the grid's horizon."""
+    heldout = main_heldout(method)
+    if heldout is None:
+        return {}
+    at, final = heldout
     ks, best, _ = grid(method)
     win = final_heldout(grid_row(method, best))
-    return [k for k in (best - 1, best + 1) if k in ks and final_heldout(grid_row(method, k)) - win <= spread]
+    why = {k: "tie" for k in (best - 1, best + 1) if k in ks and final_heldout(grid_row(method, k)) - win <= np.std(at, ddof=1)}
+    if final.mean() > at.mean() and best - 1 in ks:
+        why.setdefault(best - 1, "rises")
+    return dict(sorted(why.items()))
 
 
 def check_row(method: str, k: int) -> Row:
@@ -486,30 +496,31 @@ def earlier_rows(rows: list[Row]) -> list[str]:
 def check_table() -> list[str]:
     """The rate check's rows beside the chosen rate's seed-SEEDS[0] main run: losses, test
     accuracy, McNemar against the chosen rate, forward passes to MeZO's final held-out loss."""
-    checks = {m: check_ks(m) for m in ZO}
+    checks = {m: check_reasons(m) for m in ZO}
     if not any(checks.values()):
-        spreads = [m for m in ZO if grid_spread(m) is not None]
-        return [f"No neighbour is within the spread yet (spread known for: {', '.join(LABELS[m] for m in spreads) or 'none'})."]
-    seed = C.SEEDS[0]
-    mezo = main_rows("mezo")
+        known = [LABELS[m] for m in ZO if main_heldout(m) is not None]
+        return [f"No rate to check yet (main runs finished for: {', '.join(known) or 'none'})."]
+    seed, mezo = C.SEEDS[0], main_rows("mezo")
     target = final_heldout(mezo[0]) if mezo else None
-    out = [f"| method | lr | held-out loss at step {C.GRID_STEPS} (grid) | seed spread at step {C.GRID_STEPS} "
-           f"| final held-out loss | test | McNemar vs the chosen lr (b, c, p) | forward passes to MeZO's final held-out loss |",
+    out = [f"| method | lr | why | held-out loss at step {C.GRID_STEPS} (grid) | final held-out loss | test "
+           "| McNemar vs the chosen lr (b, c, p) | forward passes to MeZO's final held-out loss |",
            "|---|---|---|---|---|---|---|---|"]
-    for m, ks in checks.items():
-        if not ks:
+    for m, why in checks.items():
+        if not why:
             continue
-        best = grid(m)[1]
+        best, (at, final) = grid(m)[1], main_heldout(m)
         chosen = main_row(m, best, seed)
-        for k, r in [(best, chosen), *((k, check_row(m, k)) for k in ks)]:
+        spread = (f"chosen; seed spread at step {C.GRID_STEPS} {np.std(at, ddof=1):.4f}, main runs' mean "
+                  f"{at.mean():.4f} at step {C.GRID_STEPS}, {final.mean():.4f} at the end")
+        reasons = {"tie": "within the seed spread", "rises": "the chosen rate's loss rises after the grid's horizon"}
+        for k, r, text in [(best, chosen, spread), *((k, check_row(m, k), reasons[w]) for k, w in why.items())]:
             done = R.status(r) == "finished"
             g, v, s = final_heldout(grid_row(m, k)), final_heldout(r), R.summary(r)
             pair = None if r is chosen else (correct(r), correct(chosen))
             mc = "" if pair is None or any(c is None for c in pair) else "%d, %d, %.3g" % mcnemar(*pair)
             n = reach(*heldout_curve(r), target, r.forwards_per_step) if done and target is not None else None
-            out.append(f"| {LABELS[m]} | {fmt_lr(r.lr)}{' (chosen)' if r is chosen else ''} | {g:.4f} | {grid_spread(m):.4f} "
-                       f"| {f'{v:.4f}' if done else R.status(r)} | {pct(s['test']) if s else ''} | {mc} "
-                       f"| {'' if not done else 'not reached' if n is None else n} |")
+            out.append(f"| {LABELS[m]} | {fmt_lr(r.lr)} | {text} | {g:.4f} | {f'{v:.4f}' if done else R.status(r)} "
+                       f"| {pct(s['test']) if s else ''} | {mc} | {'' if not done else 'not reached' if n is None else n} |")
     return out
 
 
@@ -585,9 +596,11 @@ def render_table(memory_md: str | None = None) -> str:
               "", *reach_table, "",
               f"## Rate check: near-tied grid neighbours at the main budget (seed {C.SEEDS[0]})", "",
               f"One {C.GRID_STEPS}-step run per rate cannot order two rates whose held-out losses differ by less than the "
-              f"seed alone moves them (the sd over a method's main runs of the held-out loss at step {C.GRID_STEPS}). Such "
-              f"a neighbour of the chosen rate also runs {C.MAIN_STEPS} steps, so that a verdict does not rest on the "
-              "short run's choice.", "", *check_table(), "", "## Peak memory", "",
+              f"seed alone moves them (the sd over a method's main runs of the held-out loss at step {C.GRID_STEPS}), nor see "
+              f"a rate that gets worse after step {C.GRID_STEPS}. So once a method's main runs have finished, a neighbour of "
+              f"its chosen rate within that spread, and the lower neighbour when the main runs' mean held-out loss ends above "
+              f"its mean at step {C.GRID_STEPS}, also run {C.MAIN_STEPS} steps (seed {C.SEEDS[0]}): a verdict should not "
+              "rest on the short runs' choice.", "", *check_table(), "", "## Peak memory", "",
               memory_md or "Not measured yet: `python -m experiments.reproduce_v2 --memory` writes memory.md.",
               "", "## Every row and its exact command", "",
               "Run from the repository root; a stopped row continues with the same command.", "",
