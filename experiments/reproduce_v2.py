@@ -493,6 +493,9 @@ def earlier_rows(rows: list[Row]) -> list[str]:
             "|---|---|---|---|", *lines, ""]
 
 
+CHECK_WHY = {"tie": "within the seed spread", "rises": "the chosen rate's loss rises after the grid's horizon"}
+
+
 def check_table() -> list[str]:
     """The rate check's rows beside the chosen rate's seed-SEEDS[0] main run: losses, test
     accuracy, McNemar against the chosen rate, forward passes to MeZO's final held-out loss."""
@@ -510,10 +513,9 @@ def check_table() -> list[str]:
             continue
         best, (at, final) = grid(m)[1], main_heldout(m)
         chosen = main_row(m, best, seed)
-        spread = (f"chosen; seed spread at step {C.GRID_STEPS} {np.std(at, ddof=1):.4f}, main runs' mean "
-                  f"{at.mean():.4f} at step {C.GRID_STEPS}, {final.mean():.4f} at the end")
-        reasons = {"tie": "within the seed spread", "rises": "the chosen rate's loss rises after the grid's horizon"}
-        for k, r, text in [(best, chosen, spread), *((k, check_row(m, k), reasons[w]) for k, w in why.items())]:
+        about = (f"chosen; seed spread at step {C.GRID_STEPS} {np.std(at, ddof=1):.4f}, main runs' mean "
+                 f"{at.mean():.4f} at step {C.GRID_STEPS}, {final.mean():.4f} at the end")
+        for k, r, text in [(best, chosen, about), *((k, check_row(m, k), CHECK_WHY[w]) for k, w in why.items())]:
             done = R.status(r) == "finished"
             g, v, s = final_heldout(grid_row(m, k)), final_heldout(r), R.summary(r)
             pair = None if r is chosen else (correct(r), correct(chosen))
@@ -594,7 +596,7 @@ def render_table(memory_md: str | None = None) -> str:
               f"Target: MeZO's held-out loss at its last step in the same seed; the loss is evaluated every {C.EVAL_EVERY} steps "
               f"({C.EVAL_EVERY * R.ZO_FORWARDS} forward passes of a ZO method), so values are multiples of that. Curves: heldout.png.",
               "", *reach_table, "",
-              f"## Rate check: near-tied grid neighbours at the main budget (seed {C.SEEDS[0]})", "",
+              f"## Rate check: neighbours of the chosen rate at the main budget (seed {C.SEEDS[0]})", "",
               f"One {C.GRID_STEPS}-step run per rate cannot order two rates whose held-out losses differ by less than the "
               f"seed alone moves them (the sd over a method's main runs of the held-out loss at step {C.GRID_STEPS}), nor see "
               f"a rate that gets worse after step {C.GRID_STEPS}. So once a method's main runs have finished, a neighbour of "
