@@ -498,16 +498,21 @@ CHECK_WHY = {"tie": "within the seed spread", "rises": "the chosen rate's loss r
 
 def check_table() -> list[str]:
     """The rate check's rows beside the chosen rate's seed-SEEDS[0] main run: losses, test
-    accuracy, McNemar against the chosen rate, forward passes to MeZO's final held-out loss."""
+    accuracy, McNemar against the chosen rate and against MeZO, forward passes to MeZO's final
+    held-out loss (MeZO's seed SEEDS[0] throughout)."""
     checks = {m: check_reasons(m) for m in ZO}
     if not any(checks.values()):
         known = [LABELS[m] for m in ZO if main_heldout(m) is not None]
         return [f"No rate to check yet (main runs finished for: {', '.join(known) or 'none'})."]
     seed, mezo = C.SEEDS[0], main_rows("mezo")
-    target = final_heldout(mezo[0]) if mezo else None
+    target, mezo_correct = (final_heldout(mezo[0]), correct(mezo[0])) if mezo else (None, None)
+
+    def versus(a, b) -> str:
+        return "" if a is None or b is None else "%d, %d, %.3g" % mcnemar(a, b)
+
     out = [f"| method | lr | why | held-out loss at step {C.GRID_STEPS} (grid) | final held-out loss | test "
-           "| McNemar vs the chosen lr (b, c, p) | forward passes to MeZO's final held-out loss |",
-           "|---|---|---|---|---|---|---|---|"]
+           "| McNemar vs the chosen lr (b, c, p) | McNemar vs MeZO | forward passes to MeZO's final held-out loss |",
+           "|---|---|---|---|---|---|---|---|---|"]
     for m, why in checks.items():
         if not why:
             continue
@@ -518,11 +523,11 @@ def check_table() -> list[str]:
         for k, r, text in [(best, chosen, about), *((k, check_row(m, k), CHECK_WHY[w]) for k, w in why.items())]:
             done = R.status(r) == "finished"
             g, v, s = final_heldout(grid_row(m, k)), final_heldout(r), R.summary(r)
-            pair = None if r is chosen else (correct(r), correct(chosen))
-            mc = "" if pair is None or any(c is None for c in pair) else "%d, %d, %.3g" % mcnemar(*pair)
+            right = correct(r)
             n = reach(*heldout_curve(r), target, r.forwards_per_step) if done and target is not None else None
             out.append(f"| {LABELS[m]} | {fmt_lr(r.lr)} | {text} | {g:.4f} | {f'{v:.4f}' if done else R.status(r)} "
-                       f"| {pct(s['test']) if s else ''} | {mc} | {'' if not done else 'not reached' if n is None else n} |")
+                       f"| {pct(s['test']) if s else ''} | {'' if r is chosen else versus(right, correct(chosen))} "
+                       f"| {versus(right, mezo_correct)} | {'' if not done else 'not reached' if n is None else n} |")
     return out
 
 

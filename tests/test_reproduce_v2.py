@@ -167,12 +167,19 @@ def test_rate_check_runs_a_tied_neighbour_or_the_lower_one_after_the_main_runs(r
     assert first.index(check) == first.index(mains[-1]) + 1  # with its group, before the others' grids
     assert V.command(check)[-1] == f"--workdir={V.RESULTS}/runs/check/adamezo/lr{V.fmt_lr(check.lr)}/seed{C.SEEDS[0]}"
     finish(results, check, [0.7] * 10 + [0.45], np.arange(n) < 30)  # 10 more right than the chosen rate, none fewer
+    mezo = V.GRID_START["mezo"]
+    for k in (mezo, mezo - 1, mezo + 1):
+        finish(results, V.grid_row("mezo", k), [0.7, 0.5 if k == mezo else 0.6])
+    finish(results, V.main_row("mezo", mezo, C.SEEDS[0]), [0.7, 0.46], np.arange(n) < 25)  # 5 more right than the chosen rate
     V.write_outputs()
     table = (results / V.RESULTS / "table.md").read_text()
     section = table.split("## Rate check")[1].split("## Peak memory")[0]
     chosen = ("chosen; seed spread at step 300 0.0100, main runs' mean 0.5000 at step 300, 0.4800 at the end")
-    assert f"| AdaMeZO | {V.fmt_lr(V.lr_of(start))} | {chosen} | 0.5000 | 0.4800 | 50.0 |  |" in section
-    assert f"| AdaMeZO | {V.fmt_lr(check.lr)} | within the seed spread | 0.5040 | 0.4500 | 75.0 | 10, 0, {2 / 2**10:.3g} |" in section
+    p5, p10 = f"{2 / 2**5:.3g}", f"{2 / 2**10:.3g}"
+    assert f"| AdaMeZO | {V.fmt_lr(V.lr_of(start))} | {chosen} | 0.5000 | 0.4800 | 50.0 |  | 0, 5, {p5} | not reached |" in section
+    # MeZO's seed-0 final loss 0.46: the check goes below it at its last evaluation
+    assert (f"| AdaMeZO | {V.fmt_lr(check.lr)} | within the seed spread | 0.5040 | 0.4500 | 75.0 | 10, 0, {p10} "
+            f"| 5, 0, {p5} | {C.MAIN_STEPS * R.ZO_FORWARDS} |") in section
     # a spread below the gap: nothing to check while the loss falls after step 300 ...
     for r, v in zip(mains, (0.500, 0.501, 0.499)):
         finish(results, r, [0.7, 0.6, 0.55, v] + [0.5] * 6 + [0.48])
