@@ -623,37 +623,53 @@ def render_table(memory_md: str | None = None) -> str:
     return "\n".join(lines + ["", *earlier_rows(rows)]).rstrip("\n") + "\n"
 
 
+ZOOM = 0.15  # the right panel's height in held-out loss, from the ZO methods' lowest band
+
+
+def zoom_range(curves: dict) -> tuple[float, float] | None:
+    """The zoomed panel's y range: from just below the lowest held-out loss after step 0 of
+    any ZO run in ``curves`` ({method: [(steps, losses), ...]}) to ZOOM above it."""
+    low = [float(np.nanmin(loss[steps > 0])) for m, cs in curves.items() if m in ZO for steps, loss in cs
+           if np.any(steps > 0) and not np.all(np.isnan(loss[steps > 0]))]
+    return (min(low) - 0.01, min(low) + ZOOM) if low else None
+
+
 def plot(path: Path) -> bool:
     """Held-out loss against forward passes: mean over the finished seeds of each method's
-    main runs, min–max band."""
+    main runs, min–max band; on the right the ZO methods alone, zoomed to the ZOOM above
+    their lowest band after step 0."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 5))
-    drawn = False
+    fig, (ax, zoom) = plt.subplots(1, 2, figsize=(13, 5))
+    by_method = {}
     for i, m in enumerate(TRAINED):
         rows = [r for r in (main_rows(m) or []) if R.status(r) == "finished"]
-        curves = [heldout_curve(r) for r in rows]
+        curves = by_method[m] = [heldout_curve(r) for r in rows]
         if not curves:
             continue
         steps = curves[0][0]
         losses = np.array([c[1] for c in curves if np.array_equal(c[0], steps)])
-        x = steps * rows[0].forwards_per_step
-        ax.plot(x, losses.mean(0), color=f"C{i}", lw=1.8, ls="--" if m == "ft" else "-",
-                label=f"{LABELS[m]} (lr {fmt_lr(rows[0].lr)}, {len(losses)} seed{'s' if len(losses) > 1 else ''})")
-        ax.fill_between(x, losses.min(0), losses.max(0), color=f"C{i}", alpha=0.2)
-        drawn = True
-    if not drawn:
+        x, mean = steps * rows[0].forwards_per_step, losses.mean(0)
+        label = f"{LABELS[m]} (lr {fmt_lr(rows[0].lr)}, {len(losses)} seed{'s' if len(losses) > 1 else ''})"
+        for a in (ax, zoom) if m in ZO else (ax,):
+            a.plot(x, mean, color=f"C{i}", lw=1.8, ls="--" if m == "ft" else "-", label=label)
+            a.fill_between(x, losses.min(0), losses.max(0), color=f"C{i}", alpha=0.2)
+    if not ax.lines:
         plt.close(fig)
         return False
-    ax.set_xlabel(f"forward passes (ZO: {R.ZO_FORWARDS} per step; FT: {R.FO_FORWARDS} per step)")
+    for a in (ax, zoom):
+        a.set_xlabel(f"forward passes (ZO: {R.ZO_FORWARDS} per step; FT: {R.FO_FORWARDS} per step)")
     ax.set_ylabel(f"held-out loss ({C.NUM_HELDOUT} training-split examples)")
-    ax.set_title("SmolLM2-135M, SST-2, batch 16: mean over seeds, min–max band")
+    ax.set_title("SmolLM2-135M, SST-2, batch 16: mean over seeds, min–max band", fontsize=10)
     ax.legend(fontsize=8)
+    if zoom_range(by_method):
+        zoom.set_ylim(*zoom_range(by_method))
+    zoom.set_title("zero-order methods, zoomed", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
     return True
 

@@ -78,6 +78,15 @@ def test_mcnemar_exact_hand_computed():
     assert V.mcnemar([1, 0], [1, 0]) == (0, 0, 1.0)
 
 
+def test_zoom_range_starts_below_the_lowest_zo_loss_after_step_0():
+    steps = np.array([0, 100, 200])
+    curves = {"mezo": [(steps, np.array([1.0, 0.6, 0.5])), (steps, np.array([1.0, 0.55, np.nan]))],
+              "zo-adam": [(steps, np.array([0.3, 0.7, 1.1]))],  # 0.3 is at step 0: not counted
+              "ft": [(steps, np.array([1.0, 0.4, 0.3]))]}  # not a ZO method
+    assert V.zoom_range(curves) == pytest.approx((0.49, 0.5 + V.ZOOM))
+    assert V.zoom_range({"ft": curves["ft"]}) is None
+
+
 def test_plan_orders_controls_grids_round_robin_then_main_runs(results):
     rows = V.plan()
     assert [r.kind for r in rows[:3]] == ["control"] * 3
