@@ -27,7 +27,8 @@ from zojax import finetune, sharding
 
 def bare_step_times(s, cfg, steps: int) -> list[float]:
     """Seconds per call of the build's compiled step on the run's batches 0..steps-1."""
-    batches = [sharding.shard_rows(finetune.train_batch(cfg, s.data.train.encoded, t), s.mesh) for t in range(steps)]
+    batch_of = finetune.train_batches(cfg, s.data.train.encoded)
+    batches = [sharding.shard_rows(batch_of(t), s.mesh) for t in range(steps)]
     params, state = jax.tree.map(lambda x: x.copy(), s.params), jax.tree.map(lambda x: x.copy(), s.opt_state)
     times = []
     for batch in batches:

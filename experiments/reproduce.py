@@ -503,7 +503,7 @@ def measure_memory(task: str = TUNE_TASK, methods=METHODS, get_config=None, labe
             compiled = b.predict.lower(b.base, b.params, batch).compile()
             opt = "—"
         else:
-            batch, index = finetune.train_batch(cfg, b.data.train.encoded, 0)
+            batch, index = finetune.train_batches(cfg, b.data.train.encoded)(0)
             compiled = b.step.lower(b.params, b.opt_state, b.base, batch, index).compile()
             opt = cfg.optimizer
         s = compare.memory_stats(compiled)

@@ -357,9 +357,11 @@ def task_problem(cfg, model=None) -> Problem:
         def loss(params, d, param_hook=None):
             return s.loss(params, d["base"], d["batch"], d["index"], param_hook)
 
+    batch_of = finetune.train_batches(cfg, s.data.train.encoded)
+
     def batch(step):
         # The frozen base (LoRA, prefix) travels with the batch, so it is a jit argument.
-        b, index = finetune.train_batch(cfg, s.data.train.encoded, step)
+        b, index = batch_of(step)
         return {"base": s.base, "batch": b, "index": index}
 
     def evaluate(params):

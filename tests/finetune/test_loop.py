@@ -82,11 +82,30 @@ def test_batches_are_padded_to_the_listed_lengths_one_compiled_step_each(tiny_mo
     encoded = setup.load_data(cfg, tokenizer).train.encoded
     shared = tasks.scoring_rows(encoded) == "shared"
     row = lambda e: [len(e.context)] if shared else [len(e.context) + len(c) for c in e.candidates]
-    longest = [max(n for i in setup.train_batch(cfg, encoded, t)[1] for n in row(encoded[i])) for t in range(cfg.steps)]
+    batch_of = setup.train_batches(cfg, encoded)
+    longest = [max(n for i in batch_of(t)[1] for n in row(encoded[i])) for t in range(cfg.steps)]
     lengths = sorted({next(b for b in (12, 16, 24, 64) if b >= n) for n in longest})
     assert len(set(longest)) > len(lengths)  # the list merged different lengths
     assert printed == [f"the training step compiled for {len(lengths)} batch shape(s), lengths {lengths} (pad_to='12,16,24,64')"]
     assert compilations["jit(step)"] == len(lengths), compilations  # and no more: the state keeps its shardings
+
+
+def test_train_batches_walk_a_seeded_permutation_per_epoch():
+    """Step t of epoch e takes the next batch_size indices of permutation(seed, e); the
+    remainder of an epoch is dropped; a caller changing the returned indices changes nothing."""
+    from zojax.finetune import setup
+
+    encoded = [tasks.Encoded([1, 2, i + 3], [[5], [7]], i % 2) for i in range(10)]
+    cfg = finetune.default_config()
+    cfg.update(batch_size=4, seed=3)
+    batch_of = setup.train_batches(cfg, encoded)
+    got = [batch_of(t)[1] for t in range(5)]
+    want = [np.random.default_rng([3, e]).permutation(10)[i * 4 : (i + 1) * 4] for e in range(3) for i in range(2)][:5]
+    assert all(np.array_equal(g, w) for g, w in zip(got, want))
+    got[4][:] = -1  # the caller's copy: epoch 2's cached order is untouched
+    assert np.array_equal(batch_of(4)[1], want[4])
+    batch, index = batch_of(1)
+    assert np.array_equal(batch.input_ids[:, 2], [encoded[i].context[2] for i in index])
 
 
 @pytest.mark.parametrize("objective", ["classification", "lm"])
@@ -101,7 +120,8 @@ def test_batches_of_multi_token_candidates_take_one_shape_per_padded_length(obje
     encoded = [tasks.Encoded(tokens(2, 30), [tokens(1, 9), tokens(1, 9)], int(rng.integers(2))) for _ in range(64)]
     cfg = finetune.default_config()
     cfg.update(batch_size=4, objective=objective, pad_to="16")
-    batches = [setup.train_batch(cfg, encoded, t)[0] for t in range(32)]
+    batch_of = setup.train_batches(cfg, encoded)
+    batches = [batch_of(t)[0] for t in range(32)]
     shapes = {}
     for b in batches:
         shapes.setdefault(b.input_ids.shape[1], set()).add(tuple(x.shape for x in b))
@@ -159,7 +179,7 @@ def test_one_row_per_example_gives_the_losses_and_predictions_of_a_row_per_candi
     model = finetune.load_model(cfg)
     data = finetune.load_data(cfg, model.tokenizer)
     trainable = finetune.make_trainable(cfg, model)
-    shared, chosen = finetune.train_batch(cfg, data.train.encoded, 0)
+    shared, chosen = finetune.train_batches(cfg, data.train.encoded)(0)
     per_candidate = tasks.collate([data.train.encoded[i] for i in chosen], max_length=cfg.max_length)
     assert shared.input_ids.shape[0] * 2 == per_candidate.input_ids.shape[0]
     loss = finetune.make_loss(cfg, model, trainable, data.train)

@@ -184,7 +184,7 @@ def test_a_step_with_non_finite_parameters_is_skipped_like_a_non_finite_loss(sma
 
         def loss_fn(cfg, model, trainable, train):
             loss = make_loss(cfg, model, trainable, train)
-            marker = int(setup.train_batch(cfg, train.encoded, loss_at - 1)[1][0]) if loss_at else -1
+            marker = int(setup.train_batches(cfg, train.encoded)(loss_at - 1)[1][0]) if loss_at else -1
             return lambda params, base, batch, index, param_hook=None: jnp.where(
                 jnp.any(index == marker), jnp.nan, loss(params, base, batch, index, param_hook=param_hook)
             )  # the marker example is in no other step's batch

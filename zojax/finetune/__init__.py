@@ -26,7 +26,7 @@ from zojax.finetune.setup import (
     make_loss,
     make_optimizer,
     make_trainable,
-    train_batch,
+    train_batches,
 )
 from zojax.finetune.step import all_finite, make_step
 from zojax.finetune import export  # noqa: I001  (export_run, save_adapter)
@@ -34,5 +34,5 @@ from zojax.finetune import export  # noqa: I001  (export_run, save_adapter)
 __all__ = [
     "Data", "Setup", "Split", "Trainable", "all_finite", "build", "content_free_prior", "export", "config_differences",
     "default_config", "evaluate", "fields", "heldout_loss", "load_data", "load_model", "make_loss", "make_optimizer",
-    "make_predict", "make_step", "make_trainable", "metric_name", "predictions", "run", "train_batch", "validate",
+    "make_predict", "make_step", "make_trainable", "metric_name", "predictions", "run", "train_batches", "validate",
 ]

@@ -30,7 +30,7 @@ from zojax.finetune import records, runfolder
 from zojax.finetune.checkpoints import Checkpoints, holding
 from zojax.finetune.config import distributed_arguments, validate
 from zojax.finetune.evaluate import content_free_prior, heldout_loss, make_heldout_loss, make_predict, mean_score, metric_name, predictions
-from zojax.finetune.setup import build, learning_rate, train_batch
+from zojax.finetune.setup import build, learning_rate, train_batches
 
 
 def start_processes(cfg) -> None:
@@ -103,6 +103,7 @@ def run(cfg) -> dict:
     skips = flat = 0  # consecutive skipped steps; consecutive ZO steps with c exactly 0
     forced: set[int] = set()  # steps after the latest checkpoint skipped for non-finite parameters
     like = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), (params, opt_state))
+    batch_of = train_batches(cfg, s.data.train.encoded)
 
     def redo(steps: int):
         """The state after ``steps`` steps, redone from the latest checkpoint (or the start)."""
@@ -114,7 +115,7 @@ def run(cfg) -> dict:
             fresh = build(cfg, mesh=mesh)
             p, o = fresh.params, fresh.opt_state
         for t in range(latest, steps):
-            batch = sharding.shard_rows(train_batch(cfg, s.data.train.encoded, t), mesh)
+            batch = sharding.shard_rows(batch_of(t), mesh)
             p, o, _ = s.step(p, o, base, *batch, skip=np.bool_(t + 1 in forced))
         return p, o
 
@@ -123,7 +124,7 @@ def run(cfg) -> dict:
     for step in range(start, cfg.steps):
         runfolder.profile(cfg, out, step - start)
         t0 = time.perf_counter()
-        batch = sharding.shard_rows(train_batch(cfg, s.data.train.encoded, step), mesh)
+        batch = sharding.shard_rows(batch_of(step), mesh)
         shapes.add(tuple(x.shape for x in batch[0]))  # one compiled step each (every array's shape)
         params, opt_state, record = s.step(params, opt_state, base, *batch, skip=np.bool_(False))
         record = {"c": None, "f_plus": None, "f_minus": None, **{k: v.tolist() for k, v in sharding.to_host(record).items()}}

@@ -7,6 +7,7 @@ build through it.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable
 
 import jax
@@ -57,17 +58,24 @@ def load_data(cfg, tokenizer) -> Data:
                 split(data.heldout, False))
 
 
-def train_batch(cfg, encoded: list, step: int) -> tuple[tasks.Batch, np.ndarray]:
-    """The batch of ``step`` and its example indices; epoch e's order is a permutation
-    seeded by (seed, e)."""
+def train_batches(cfg, encoded: list) -> Callable[[int], tuple[tasks.Batch, np.ndarray]]:
+    """``batch_of(step)``: the training batch of ``step`` and its example indices; epoch e's
+    order is a permutation seeded by (seed, e). What depends on the whole split (its scoring
+    rows, target width and the epoch's order) is computed once, not at every step."""
     per_epoch = max(len(encoded) // cfg.batch_size, 1)
-    epoch, i = divmod(step, per_epoch)
-    order = np.random.default_rng([cfg.seed, epoch]).permutation(len(encoded))
     rows = {"lm": "gold", "f1": "context"}.get(cfg.objective) or tasks.scoring_rows(encoded)
-    chosen = order[i * cfg.batch_size : (i + 1) * cfg.batch_size]
-    batch = tasks.collate([encoded[j] for j in chosen], rows=rows, bucket=pad_lengths(cfg), max_length=cfg.max_length,
-                          targets=tasks.most_targets(encoded, rows))
-    return batch, chosen
+    layout = dict(rows=rows, bucket=pad_lengths(cfg), max_length=cfg.max_length, targets=tasks.most_targets(encoded, rows))
+
+    @functools.lru_cache(maxsize=1)
+    def order(epoch: int) -> np.ndarray:
+        return np.random.default_rng([cfg.seed, epoch]).permutation(len(encoded))
+
+    def batch_of(step: int) -> tuple[tasks.Batch, np.ndarray]:
+        epoch, i = divmod(step, per_epoch)
+        chosen = order(epoch)[i * cfg.batch_size : (i + 1) * cfg.batch_size].copy()
+        return tasks.collate([encoded[j] for j in chosen], **layout), chosen
+
+    return batch_of
 
 
 # --------------------------------------------------------------------------- what is trained
