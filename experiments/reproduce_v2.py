@@ -280,8 +280,8 @@ def check_reasons(method: str) -> dict[int, str]:
         return {}
     at, final = heldout
     ks, best, _ = grid(method)
-    win = final_heldout(grid_row(method, best))
-    why = {k: "tie" for k in (best - 1, best + 1) if k in ks and final_heldout(grid_row(method, k)) - win <= np.std(at, ddof=1)}
+    win, spread = final_heldout(grid_row(method, best)), np.std(at, ddof=1)
+    why = {k: "tie" for k in (best - 1, best + 1) if k in ks and final_heldout(grid_row(method, k)) - win <= spread}
     if final.mean() > at.mean() and best - 1 in ks:
         why.setdefault(best - 1, "rises")
     return dict(sorted(why.items()))
