@@ -177,6 +177,13 @@ def validate(cfg) -> None:
     distributed_arguments(cfg.distributed)
 
 
+def loss_rows(cfg, encoded) -> str:
+    """The ``rows`` of ``tasks.collate`` that the training objective scores: the gold
+    candidate (``"lm"``), the prompt alone (``"f1"``: generation), else
+    ``tasks.scoring_rows(encoded)``. Training batches and the held-out loss both use it."""
+    return {"lm": "gold", "f1": "context"}.get(cfg.objective) or tasks.scoring_rows(encoded)
+
+
 def pad_lengths(cfg) -> int | str | tuple[int, ...]:
     """The ``bucket`` of ``tasks.collate`` that ``cfg.pad_to`` names: an int (multiples of
     it), ``"pow2"``, or a tuple of lengths, each at most ``max_length``."""

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from zojax import sharding, tasks
-from zojax.finetune.config import pad_lengths
+from zojax.finetune.config import loss_rows, pad_lengths
 from zojax.tasks import scoring
 
 # Zhao et al. 2021 ("Calibrate Before Use"), section 5: the content-free inputs averaged.
@@ -116,7 +116,7 @@ def heldout_loss(cfg, loss_fn, params, base, split, mesh=None) -> float:
     batch of all of them would give; NaN for an empty split."""
     if not split.encoded:
         return float("nan")
-    rows = "gold" if cfg.objective == "lm" else tasks.scoring_rows(split.encoded)
+    rows = loss_rows(cfg, split.encoded)  # the training batches' rows (f1 has no held-out loss: validate)
     order = sorted(range(len(split.encoded)), key=lambda i: split.encoded[i].length)
     bucket, targets = pad_lengths(cfg), tasks.most_targets(split.encoded, rows)
     total = weight = 0.0

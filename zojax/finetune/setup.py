@@ -17,7 +17,7 @@ import optax
 
 import zojax
 from zojax import sharding, tasks
-from zojax.finetune.config import DEFAULT_MODEL, data_seed, pad_lengths, validate
+from zojax.finetune.config import DEFAULT_MODEL, data_seed, loss_rows, pad_lengths, validate
 from zojax.finetune.evaluate import make_predict
 from zojax.finetune.step import make_step
 from zojax.optim import registry
@@ -63,7 +63,7 @@ def train_batches(cfg, encoded: list) -> Callable[[int], tuple[tasks.Batch, np.n
     order is a permutation seeded by (seed, e). What depends on the whole split (its scoring
     rows, target width and the epoch's order) is computed once, not at every step."""
     per_epoch = max(len(encoded) // cfg.batch_size, 1)
-    rows = {"lm": "gold", "f1": "context"}.get(cfg.objective) or tasks.scoring_rows(encoded)
+    rows = loss_rows(cfg, encoded)
     layout = dict(rows=rows, bucket=pad_lengths(cfg), max_length=cfg.max_length, targets=tasks.most_targets(encoded, rows))
 
     @functools.lru_cache(maxsize=1)
