@@ -64,10 +64,11 @@ def main() -> None:
         timed[f"rows={rows}, head on scored positions"] = lambda f=scored, b=b: f(params, b).block_until_ready()
     predict = jax.jit(lambda p, b: scoring.predict(apply_at(p, b), b))
     rows = tasks.scoring_rows(encoded)
+    targets = tasks.most_targets(evaluated, rows)
 
     def evaluation(order):
         parts = [[evaluated[i] for i in order[s : s + args.eval_batch]] for s in range(0, len(order), args.eval_batch)]
-        eval_batches = [tasks.collate(p, rows=rows, max_length=args.max_length, targets=tasks.most_targets(evaluated, rows))
+        eval_batches = [tasks.collate(p, rows=rows, max_length=args.max_length, targets=targets)
                         for p in parts]
         return eval_batches, lambda: [np.asarray(predict(params, b)) for b in eval_batches]
 
