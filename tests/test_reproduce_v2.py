@@ -193,6 +193,11 @@ def test_rate_check_runs_a_tied_neighbour_or_the_lower_one_after_the_main_runs(r
     for r, v in zip(mains, (0.500, 0.501, 0.499)):
         finish(results, r, [0.7, 0.6, 0.55, v] + [0.5] * 6 + [0.48])
     assert V.check_reasons("adamezo") == {}
+    V.write_outputs()
+    section = (results / V.RESULTS / "table.md").read_text().split("## Rate check")[1].split("## Peak memory")[0]
+    assert ("- AdaMeZO: no check. Its grid neighbours' held-out losses are 0.0040 or more above the winner's "
+            "(seed spread 0.0010), and its main runs' mean held-out loss falls from 0.5000 at step 300 to 0.4800 at the end."
+            ) in section and "| method | lr |" not in section
     # ... and the lower neighbour when the main runs end above their loss at step 300
     for r, v in zip(mains, (0.500, 0.501, 0.499)):
         finish(results, r, [0.7, 0.6, 0.55, v] + [0.5] * 6 + [0.9])
