@@ -279,12 +279,21 @@ def check_reasons(method: str) -> dict[int, str]:
     if heldout is None:
         return {}
     at, final = heldout
-    ks, best, _ = grid(method)
-    win, spread = final_heldout(grid_row(method, best)), np.std(at, ddof=1)
-    why = {k: "tie" for k in (best - 1, best + 1) if k in ks and final_heldout(grid_row(method, k)) - win <= spread}
-    if final.mean() > at.mean() and best - 1 in ks:
+    gaps, spread = neighbour_gaps(method)
+    why = {k: "tie" for k, gap in gaps.items() if gap <= spread}
+    best = grid(method)[1]
+    if final.mean() > at.mean() and best - 1 in gaps:
         why.setdefault(best - 1, "rises")
     return dict(sorted(why.items()))
+
+
+def neighbour_gaps(method: str) -> tuple[dict[int, float], float]:
+    """The chosen rate's grid neighbours k: how far their GRID_STEPS held-out loss lies above
+    the winner's, and the seed spread (sd over the finished main runs at step GRID_STEPS)."""
+    ks, best, _ = grid(method)
+    win = final_heldout(grid_row(method, best))
+    gaps = {k: final_heldout(grid_row(method, k)) - win for k in (best - 1, best + 1) if k in ks}
+    return gaps, float(np.std(main_heldout(method)[0], ddof=1))
 
 
 def check_row(method: str, k: int) -> Row:
@@ -536,11 +545,9 @@ def check_table() -> list[str]:
 def unchecked_line(method: str) -> str:
     """Why a method whose main runs have finished needs no rate check: its neighbours' gap
     over the seed spread, and its mean held-out loss from step GRID_STEPS to the end."""
-    (at, final), (ks, best, _) = main_heldout(method), grid(method)
-    win = final_heldout(grid_row(method, best))
-    gaps = [final_heldout(grid_row(method, k)) - win for k in (best - 1, best + 1) if k in ks]
-    return (f"- {LABELS[method]}: no check. Its grid neighbours' held-out losses are {min(gaps):.4f} or more above the "
-            f"winner's (seed spread {np.std(at, ddof=1):.4f}), and its main runs' mean held-out loss falls from "
+    (at, final), (gaps, spread) = main_heldout(method), neighbour_gaps(method)
+    return (f"- {LABELS[method]}: no check. Its grid neighbours' held-out losses are {min(gaps.values()):.4f} or more "
+            f"above the winner's (seed spread {spread:.4f}), and its main runs' mean held-out loss falls from "
             f"{at.mean():.4f} at step {C.GRID_STEPS} to {final.mean():.4f} at the end.")
 
 
