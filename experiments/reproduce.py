@@ -550,8 +550,9 @@ def take_lock(lock: Path) -> bool:
 
 
 def provenance(resume: bool) -> dict:
-    """What code a row (or its resumption) ran: the commit, the uncommitted zojax files and a
-    hash of every zojax source file (others edit the library while rows run)."""
+    """What code a row (or its resumption) ran and where: the commit, the uncommitted zojax
+    files, a hash of every zojax source file (others edit the library while rows run), the
+    machine (boot id, CPU model, cores; host names repeat across machines) and its load."""
     import hashlib
 
     def git(*a):
@@ -565,7 +566,21 @@ def provenance(resume: bool) -> dict:
         digest.update(str(f.relative_to(ROOT)).encode() + b"\0" + f.read_bytes())
     return {"time": time.strftime("%Y-%m-%d %H:%M:%S"), "resume": resume, "git_head": git("rev-parse", "HEAD"),
             "uncommitted": git("status", "--short", "zojax", "experiments/run.py").splitlines(),
-            "zojax_sha256": digest.hexdigest(), "load": list(os.getloadavg())}
+            "zojax_sha256": digest.hexdigest(), "load": list(os.getloadavg()), "machine": machine()}
+
+
+def machine() -> dict:
+    """This machine and boot: /proc's boot id, the CPU model and the core count (Linux; empty
+    strings elsewhere)."""
+    def read(path: str) -> str:
+        try:
+            return Path(path).read_text()
+        except OSError:
+            return ""
+
+    cpu = next((line.split(":", 1)[1].strip() for line in read("/proc/cpuinfo").splitlines()
+                if line.startswith("model name")), "")
+    return {"boot_id": read("/proc/sys/kernel/random/boot_id").strip(), "cpu": cpu, "cores": os.cpu_count()}
 
 
 def run_row(row: Row, command_fn=command) -> bool:

@@ -316,8 +316,8 @@ def majority() -> dict:
 
 
 def provenance(row: Row, log_dir: Path | None = None) -> dict:
-    """The first start of the row (or of the run logged in ``log_dir``): commit, code and
-    machine load (provenance.jsonl)."""
+    """The first start of the row (or of the run logged in ``log_dir``): commit, code,
+    machine and load (provenance.jsonl)."""
     p = (log_dir or R.ROOT / row.log_dir) / "provenance.jsonl"
     if not p.exists():
         return {}
@@ -586,8 +586,9 @@ def render_table(memory_md: str | None = None) -> str:
         f"a winner at an edge extends the grid (at most {MAX_GRID} values). Main runs: {C.MAIN_STEPS} steps "
         f"({C.MAIN_STEPS * R.ZO_FORWARDS} forward passes; FT {C.FT_STEPS} steps), seeds {', '.join(map(str, C.SEEDS))}, "
         f"held-out loss every {C.EVAL_EVERY} steps.",
-        "- Code: each row's commit, code version (the first 12 hex digits of the sha256 of zojax's Python sources) and "
-        "the machine's load average (1, 5, 15 min) at its start are in the last table. "
+        "- Code: each row's commit, code version (the first 12 hex digits of the sha256 of zojax's Python sources), "
+        "the boot id of the machine it started on (recorded from 2026-12-03 on: host names repeat across machines) and "
+        "that machine's load average (1, 5, 15 min) at its start are in the last table. "
         f"Finished rows ran code {code}. Shared 2-core CPU with other jobs beside, so step times compare only "
         "within rows of one code version and similar load.",
         "",
@@ -631,15 +632,16 @@ def render_table(memory_md: str | None = None) -> str:
               memory_md or "Not measured yet: `python -m experiments.reproduce_v2 --memory` writes memory.md.",
               "", "## Every row and its exact command", "",
               "Run from the repository root; a stopped row continues with the same command.", "",
-              "| row | status | commit at start | code | load at start | median s/step | command |",
-              "|---|---|---|---|---|---|---|"]
+              "| row | status | commit at start | code | machine (boot id) | load at start | median s/step | command |",
+              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         p = provenance(r)
         _, times, _ = R.row_metrics(r)
         load = ", ".join(f"{x:.1f}" for x in p.get("load", [])) or "—"
         step_time = f"{R.median_step_time(times):.2f}" if len(times) > 1 else "—"
+        boot = p.get("machine", {}).get("boot_id", "")[:8] or "—"
         lines.append(f"| {row_name(r)} | {R.status(r)} | {p.get('git_head', '')[:10] or '—'} | {code_version(r) or '—'} "
-                     f"| {load} | {step_time} | `{shlex.join(command(r))}` |")
+                     f"| {boot} | {load} | {step_time} | `{shlex.join(command(r))}` |")
     return "\n".join(lines + ["", *earlier_rows(rows)]).rstrip("\n") + "\n"
 
 

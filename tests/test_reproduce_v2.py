@@ -2,6 +2,8 @@
 
 import json
 import math
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -229,3 +231,21 @@ def test_a_row_run_again_at_another_code_version_is_compared_with_its_earlier_ru
     (results / row.output_dir / "predictions.json").write_text(json.dumps({"examples": examples}))
     assert V.compare_runs(results / V.earlier_dir(row), results / row.output_dir).endswith(
         "; test 50.0 vs 50.0, 1 of 4 test predictions changed")
+
+
+def test_every_row_names_the_boot_of_the_machine_it_started_on(results):
+    """Host names repeat across machines; the boot id in provenance.jsonl does not."""
+    boot = Path("/proc/sys/kernel/random/boot_id")
+    if not boot.exists():
+        pytest.skip("no /proc boot id here")
+    new, old = V.grid_row("mezo", V.GRID_START["mezo"]), V.grid_row("lozo", V.GRID_START["lozo"])
+    for row, prov in ((new, R.provenance(resume=False)), (old, {"git_head": "0123456789ab", "load": [1.0, 2.0, 3.0]})):
+        finish(results, row, [0.7, 0.6])
+        (results / row.log_dir).mkdir(parents=True, exist_ok=True)
+        (results / row.log_dir / "provenance.jsonl").write_text(json.dumps(prov) + "\n")
+    assert R.provenance(resume=False)["machine"]["cores"] == os.cpu_count()
+    V.write_outputs()
+    lines = (results / V.RESULTS / "table.md").read_text().splitlines()
+    line = {row: next(ln for ln in lines if ln.startswith(f"| {V.row_name(row)} | finished |")) for row in (new, old)}
+    assert f"| {boot.read_text().strip()[:8]} |" in line[new]
+    assert "| — | 1.0, 2.0, 3.0 |" in line[old]
