@@ -239,11 +239,12 @@ def test_every_row_names_the_boot_of_the_machine_it_started_on(results):
     if not boot.exists():
         pytest.skip("no /proc boot id here")
     new, old = V.grid_row("mezo", V.GRID_START["mezo"]), V.grid_row("lozo", V.GRID_START["lozo"])
-    for row, prov in ((new, R.provenance(resume=False)), (old, {"git_head": "0123456789ab", "load": [1.0, 2.0, 3.0]})):
+    here = R.provenance(resume=False)
+    assert here["machine"]["cores"] == os.cpu_count()
+    for row, prov in ((new, here), (old, {"git_head": "0123456789ab", "load": [1.0, 2.0, 3.0]})):
         finish(results, row, [0.7, 0.6])
         (results / row.log_dir).mkdir(parents=True, exist_ok=True)
         (results / row.log_dir / "provenance.jsonl").write_text(json.dumps(prov) + "\n")
-    assert R.provenance(resume=False)["machine"]["cores"] == os.cpu_count()
     V.write_outputs()
     lines = (results / V.RESULTS / "table.md").read_text().splitlines()
     line = {row: next(ln for ln in lines if ln.startswith(f"| {V.row_name(row)} | finished |")) for row in (new, old)}
