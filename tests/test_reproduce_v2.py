@@ -250,3 +250,38 @@ def test_every_row_names_the_boot_of_the_machine_it_started_on(results):
     line = {row: next(ln for ln in lines if ln.startswith(f"| {V.row_name(row)} | finished |")) for row in (new, old)}
     assert f"| {boot.read_text().strip()[:8]} |" in line[new]
     assert "| — | 1.0, 2.0, 3.0 |" in line[old]
+
+
+def test_a_rate_check_that_beats_mezo_leaves_a_not_supported_claim_undecided(results):
+    n, start = 40, V.GRID_START
+    for m in ("mezo", "adamezo"):
+        for k, loss in ((start[m], 0.500), (start[m] - 1, 0.504), (start[m] + 1, 0.700)):
+            finish(results, V.grid_row(m, k), [0.7, loss])
+    at_300 = {0: 0.50, 1: 0.51, 2: 0.49}  # spread 0.01 > 0.004: the lower neighbour is checked
+    for s in C.SEEDS:
+        finish(results, V.main_row("mezo", start["mezo"], s), [0.7] + [0.6] * 9 + [0.45], np.arange(n) < 20)
+        finish(results, V.main_row("adamezo", start["adamezo"], s), [0.7, 0.6, 0.55, at_300[s]] + [0.5] * 7,
+               np.arange(n) < 20)
+    check = V.check_row("adamezo", start["adamezo"] - 1)
+    assert V.check_reasons("adamezo") == {start["adamezo"] - 1: "tie"}
+
+    def claims():
+        V.write_outputs()
+        table = (results / V.RESULTS / "table.md").read_text()
+        return [line for line in table.splitlines() if line.startswith("- (a) AdaMeZO reach")
+                or line.startswith("- (b) AdaMeZO is")]
+
+    a, b = claims()  # check not run yet: the claims stand on the chosen rate alone
+    assert ": not supported (" in a and "rate check" not in a and ": not supported (" in b and "rate check" not in b
+    # the check reaches MeZO's 0.45 at step 500 (1000 forward passes, MeZO 2000) and gets 12 more right, none fewer
+    finish(results, check, [0.7] * 5 + [0.44] * 6, np.arange(n) < 32)
+    a, b = claims()
+    assert a.endswith(f"seed 2: not reached vs 2000; rate check lr {V.fmt_lr(check.lr)}, seed 0: 1000 vs 2000; "
+                      f"held-out loss evaluated every {C.EVAL_EVERY} steps).") and ": not decided at this budget (" in a
+    assert b.endswith(f"; rate check lr {V.fmt_lr(check.lr)}, seed 0: 12, 0, {2 / 2**12:.3g}).")
+    assert ": not decided at this budget (" in b
+    # a check no better than MeZO is quoted and leaves "not supported" as it is
+    finish(results, check, [0.7] * 10 + [0.46], np.arange(n) < 20)
+    a, b = claims()
+    assert ": not supported (" in a and "rate check lr" in a and "seed 0: not reached vs 2000; held" in a
+    assert ": not supported (" in b and b.endswith(f"seed 0: 0, 0, 1).")
