@@ -85,7 +85,7 @@ def scale_by_zo_adam(eps: float = 1e-3, b1: float = 0.9, b2: float = 0.999, adam
         count = jnp.maximum(adam.count, 1)  # 0 only when the first step is skipped: no 0/0 then
         m_hat = optax.tree.bias_correction(adam.mu, b1, count)
         v_hat = optax.tree.bias_correction(adam.nu, b2, count)
-        return jax.tree.map(lambda m, v: m / (jnp.sqrt(v + 0.0) + adam_eps), m_hat, v_hat)
+        return jax.tree.map(lambda m, v: m / (jnp.sqrt(v) + adam_eps), m_hat, v_hat)
 
     return chain(scale_by_mezo(eps, num_directions=num_directions, sampler=sampler, stacked=stacked,
                                rounding=rounding, key=key), optax.scale_by_adam(b1, b2, adam_eps),
