@@ -5,9 +5,10 @@ Losses, each with the LM head on every position and on the scored positions alon
 the classification loss with one row per candidate (collate rows="all"), and with one row per
 example (rows="shared", used whenever every candidate is a single token: its context's last
 position scores them all); the LM loss of the gold candidates (rows="gold", objective "lm"; the
-only loss of generation tasks). Evaluation of classification tasks: batches in the split's order against batches of length-sorted examples (what
-`zojax.finetune.evaluate` does). SmolLM2-135M, float32, the task's test examples from
-`--data-dir` (default: the bundled `tiny_sentiment`), interleaved rounds, medians.
+only loss of generation tasks). Evaluation of classification tasks: batches in the split's
+order against batches of length-sorted examples (what `zojax.finetune.evaluate` does).
+SmolLM2-135M, float32, the task's test examples from `--data-dir` (default: the bundled
+`tiny_sentiment`), interleaved rounds, medians.
 
     python benchmarks/scoring.py [--task copa] [--data-dir ../shared/data] [--batch 16] [--runs 5]
 """
@@ -18,7 +19,7 @@ import jax
 import numpy as np
 
 import zojax.models
-from common import environment, interleaved_medians
+from common import Memory, environment, interleaved_medians, mb
 from zojax import tasks
 from zojax.tasks import scoring
 
@@ -55,11 +56,11 @@ def main() -> None:
     for rows, b in batches.items():
         every = jax.jit(lambda p, b, f=losses[rows]: f(apply(p, b), b))
         scored = jax.jit(lambda p, b, f=losses[rows]: f(apply_at(p, b), b))
-        temp = lambda f: f.lower(params, b).compile().memory_analysis().temp_size_in_bytes / 2**20
+        temp = lambda f: mb(Memory.of(f.lower(params, b).compile()).temp)
         print(f"  rows={rows} ({losses[rows].__name__}): {b.input_ids.shape[0]} rows x {b.input_ids.shape[1]} tokens, "
               f"{b.target_positions.shape[1]} scored positions per row; loss {float(every(params, b)):.6f} (head on "
-              f"every position) vs {float(scored(params, b)):.6f} (scored positions); scratch {temp(every):.0f} vs "
-              f"{temp(scored):.0f} MB")
+              f"every position) vs {float(scored(params, b)):.6f} (scored positions); scratch {temp(every)} vs "
+              f"{temp(scored)}")
         timed[f"rows={rows}, head on every position"] = lambda f=every, b=b: f(params, b).block_until_ready()
         timed[f"rows={rows}, head on scored positions"] = lambda f=scored, b=b: f(params, b).block_until_ready()
     predict = jax.jit(lambda p, b: scoring.predict(apply_at(p, b), b))
